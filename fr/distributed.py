@@ -1,0 +1,143 @@
+"""Process-group setup, device choice and autograd-aware collectives; the only reader of RANK/WORLD_SIZE."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits: rank, world size, local rank, and the device its tensors live on."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from exc
+
+
+def choose_device(preference: str, local_rank: int) -> torch.device:
+    """`auto` takes this process's GPU when CUDA is available, else the CPU; `cpu`/`cuda` force it."""
+    if preference not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"train.device must be one of auto, cpu, cuda; got {preference!r}")
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but CUDA is not available on this machine")
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    return device
+
+
+def init_distributed(device_preference: str = "auto", timeout_s: float = 1800.0) -> DistEnv:
+    """Join the process group described by torchrun/DeepSpeed/Ray environment variables, if any.
+
+    With WORLD_SIZE unset or 1 this is a plain single process and no group is created.
+    NCCL is used on CUDA, gloo on CPU.
+    """
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", rank)
+    device = choose_device(device_preference, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        from datetime import timedelta
+
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=timeout_s))
+        log.info("joined process group: rank %d/%d, backend %s, device %s", rank, world_size, backend, device)
+    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def env_from_group(device: Optional[torch.device] = None) -> DistEnv:
+    """A DistEnv for an already initialised group (tests and user scripts that set up their own group)."""
+    if not dist.is_available() or not dist.is_initialized():
+        return DistEnv(device=device or torch.device("cpu"))
+    rank = dist.get_rank()
+    return DistEnv(rank=rank, world_size=dist.get_world_size(), local_rank=_env_int("LOCAL_RANK", rank),
+                   device=device or torch.device("cpu"))
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.is_distributed:
+        dist.barrier()
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward returns to each rank the sum over ranks of the gradient of its own slice."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> tuple:
+        world = dist.get_world_size()
+        ctx.rank = dist.get_rank()
+        gathered = [torch.empty_like(tensor) for _ in range(world)]
+        dist.all_gather(gathered, tensor.contiguous())
+        return tuple(gathered)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor) -> torch.Tensor:
+        # gloo has no reduce_scatter: all-reduce the stacked gradients and keep our own slice.
+        stacked = torch.stack([g.contiguous() for g in grads])
+        dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
+        return stacked[ctx.rank]
+
+
+def all_gather_with_grad(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Concatenate `tensor` from every rank along dim 0 (equal sizes); gradients flow back to the owners."""
+    if not env.is_distributed:
+        return tensor
+    return torch.cat(_AllGatherWithGrad.apply(tensor), dim=0)
+
+
+def all_gather_no_grad(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Concatenate `tensor` from every rank along dim 0 (equal sizes), without autograd."""
+    if not env.is_distributed:
+        return tensor
+    gathered: List[torch.Tensor] = [torch.empty_like(tensor) for _ in range(env.world_size)]
+    dist.all_gather(gathered, tensor.contiguous())
+    return torch.cat(gathered, dim=0)
+
+
+def all_reduce(tensor: torch.Tensor, env: DistEnv, op: str = "sum") -> torch.Tensor:
+    """In-place all-reduce (sum or max) that is a no-op for a single process; returns the tensor."""
+    if env.is_distributed:
+        dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return tensor
+
+
+def broadcast_object(obj, env: DistEnv, src: int = 0):
+    """Send a picklable object from `src` to every rank."""
+    if not env.is_distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

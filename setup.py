@@ -1,0 +1,36 @@
+"""fr: distributed large-scale face-recognition training (Partial FC, margin losses, RecordIO, IJB/LFW evaluation)."""
+from setuptools import find_packages, setup
+
+EXTRAS = {
+    "dali": ["nvidia-dali-cuda120"],
+    "deepspeed": ["deepspeed"],
+    "ray": ["ray[tune]"],
+    "onnx": ["onnx", "onnxruntime"],
+    "test": ["pytest>=7", "pytest-timeout", "scikit-learn"],
+}
+EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+
+setup(
+    name="fr",
+    version="0.1.0",
+    description="Distributed large-scale face-recognition training: Partial FC, margin losses, RecordIO, IJB/LFW evaluation",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["fr", "fr.*", "evaluation", "evaluation.*"]),
+    install_requires=[
+        "torch>=2.1,<3",
+        "numpy>=1.23",
+        "pillow>=9",
+        "tensorboard>=2.12",
+        "tqdm>=4.60",
+    ],
+    extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "fr-train=fr.cli.train:main",
+            "fr-data=fr.cli.data:main",
+            "fr-eval=fr.cli.eval:main",
+        ]
+    },
+)
