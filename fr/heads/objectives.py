@@ -1,0 +1,86 @@
+"""Distributed reductions over class-sharded logits (softmax cross entropy), looked up by name."""
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Dict
+
+import torch
+
+from fr.distributed import DistEnv, all_reduce
+
+Objective = Callable[[torch.Tensor, torch.Tensor, DistEnv], torch.Tensor]
+_OBJECTIVES: Dict[str, Objective] = {}
+
+
+def register_objective(name: str) -> Callable[[Objective], Objective]:
+    """Decorator: make `fn(logits, local_target, env) -> loss` available as `get_objective(name)`."""
+
+    def decorator(fn: Objective) -> Objective:
+        if name in _OBJECTIVES and _OBJECTIVES[name] is not fn:
+            raise ValueError(f"objective {name!r} is already registered")
+        _OBJECTIVES[name] = fn
+        return fn
+
+    return decorator
+
+
+def get_objective(name: str) -> Objective:
+    """The reduction registered as `name`; an unknown name raises a one-line ValueError."""
+    if name not in _OBJECTIVES:
+        close = difflib.get_close_matches(name, list(_OBJECTIVES), n=3)
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        raise ValueError(f"unknown objective {name!r}{hint}; accepted: {', '.join(sorted(_OBJECTIVES))}")
+    return _OBJECTIVES[name]
+
+
+class DistributedSoftmaxCrossEntropy(torch.autograd.Function):
+    """Mean softmax cross entropy over the global batch when each rank holds a contiguous slice of the classes.
+
+    apply(logits [B, C_local], local_target [B] int64, env) -> fp32 scalar, the same on every rank.
+    Every rank sees the same B rows (the gathered global batch); local_target is the target's column in
+    this rank's slice, or -1 when another rank owns it, and each row's target must be owned by exactly one
+    rank. Computed in fp32 and in log space, loss = max + log(sum exp(logit - max)) - target, with no
+    probability clamp, so a sample whose target trails by 200 reports ~200. Backward gives the local
+    columns (softmax - onehot) / B, in the logits' dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, local_target: torch.Tensor, env: DistEnv) -> torch.Tensor:
+        x = logits.float()
+        batch, num_local = x.shape
+        owned = local_target != -1
+        if num_local:
+            row_max = x.amax(dim=1)
+            col = local_target.clamp(min=0).unsqueeze(1)
+            target = torch.where(owned, x.gather(1, col).squeeze(1), x.new_zeros(()))
+        else:
+            row_max = x.new_full((batch,), float("-inf"))
+            col = local_target.new_zeros((batch, 1))
+            target = x.new_zeros((batch,))
+        all_reduce(row_max, env, op="max")
+        probs = (x - row_max.unsqueeze(1)).exp_()
+        # One collective for both per-row sums: the local exp-sum and the target logit only its owner knows.
+        sums = torch.stack([probs.sum(dim=1), target])
+        all_reduce(sums, env, op="sum")
+        sum_exp, target = sums[0], sums[1]
+        loss = (row_max + sum_exp.log() - target).mean()
+        probs.div_(sum_exp.unsqueeze(1))
+        ctx.save_for_backward(probs, col, owned)
+        ctx.logits_dtype = logits.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        probs, col, owned = ctx.saved_tensors
+        scale = grad_loss / probs.shape[0]
+        # Out of place so a retained graph can run backward again; costs one [B, C_local] buffer.
+        grad = probs * scale
+        if probs.shape[1]:
+            grad.scatter_add_(1, col, (-scale * owned.to(grad.dtype)).unsqueeze(1))
+        return grad.to(ctx.logits_dtype), None, None
+
+
+@register_objective("softmax_ce")
+def dist_softmax_cross_entropy(logits: torch.Tensor, local_target: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Functional form of `DistributedSoftmaxCrossEntropy`."""
+    return DistributedSoftmaxCrossEntropy.apply(logits, local_target, env)

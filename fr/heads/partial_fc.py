@@ -1,0 +1,146 @@
+"""Partial FC: the class-sharded, optionally sampled, normalised classifier that turns embeddings into a loss."""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fr.distributed import DistEnv, all_gather_no_grad, all_gather_with_grad, all_reduce, env_from_group
+from fr.heads.objectives import get_objective
+
+_MASK64 = (1 << 64) - 1
+# Stream tags keep the weight-init and sampling generators apart for the same (seed, rank).
+_INIT_STREAM = 1
+_SAMPLE_STREAM = 2
+
+
+def _mix_seed(*values: int) -> int:
+    """Fold integers into one 63-bit seed (splitmix64 finaliser), so neighbouring tuples give unrelated seeds."""
+    state = 0
+    for value in values:
+        z = (state ^ (value & _MASK64)) + 0x9E3779B97F4A7C15 & _MASK64
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & _MASK64
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EB & _MASK64
+        state = z ^ (z >> 31)
+    return state >> 1
+
+
+def shard_range(num_classes: int, world_size: int, rank: int) -> Tuple[int, int]:
+    """(class_start, num_local) of `rank`: contiguous shards; the first num_classes % world_size ranks get one extra."""
+    base, extra = divmod(num_classes, world_size)
+    return rank * base + min(rank, extra), base + (1 if rank < extra else 0)
+
+
+class PartialFC(nn.Module):
+    """Normalised linear classifier whose classes are split across ranks, with optional negative-class sampling.
+
+    Rank r owns classes [class_start, class_start + num_local) (see `shard_range`) as `weight`
+    [num_local, embedding_size], drawn from N(0, 0.01) by a generator seeded with (seed, rank).
+    `forward(local_embeddings [b, D], local_labels [b]) -> loss` gathers embeddings (with grad) and labels
+    from all ranks, so every rank must pass the same b each step (drop the last incomplete batch); this,
+    and labels in [0, num_classes), is checked with one small collective. Cosine logits against the local
+    shard go through `margin_loss` in fp32 and then the objective it names (softmax CE by default), whose
+    loss is the mean over the global batch and identical on every rank.
+
+    With sample_rate < 1, in training mode, each step keeps every local class that is a target in the
+    global batch plus uniformly drawn other local classes, int(sample_rate * num_local) in all (more if the
+    positives alone exceed that); the draw is seeded by (seed, rank, step) and the step counter is saved in
+    the state dict. Only the sampled rows take part, so only they receive gradient. `last_sampled` holds the
+    sorted local indices the last forward used (all of them when not sampling).
+    """
+
+    def __init__(self, margin_loss: nn.Module, embedding_size: int, num_classes: int, sample_rate: float = 1.0,
+                 env: Optional[DistEnv] = None, seed: int = 0) -> None:
+        super().__init__()
+        env = env if env is not None else env_from_group()
+        if embedding_size < 1:
+            raise ValueError(f"embedding_size must be positive, got {embedding_size}")
+        if num_classes < env.world_size:
+            raise ValueError(f"num_classes ({num_classes}) must be at least the world size ({env.world_size}) "
+                             "so that every rank owns a class")
+        if not 0.0 < sample_rate <= 1.0:
+            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
+        self.margin_loss = margin_loss
+        self.objective = get_objective(getattr(margin_loss, "objective", "softmax_ce"))
+        self.env = env
+        self.embedding_size = int(embedding_size)
+        self.num_classes = int(num_classes)
+        self.sample_rate = float(sample_rate)
+        self.seed = int(seed)
+        self.class_start, self.num_local = shard_range(self.num_classes, env.world_size, env.rank)
+        self.num_sample = int(self.sample_rate * self.num_local)
+        self.sample_step = 0
+        self.last_sampled: Optional[torch.Tensor] = None
+        init = torch.Generator().manual_seed(_mix_seed(self.seed, env.rank, _INIT_STREAM))
+        weight = torch.empty(self.num_local, self.embedding_size).normal_(0.0, 0.01, generator=init)
+        self.weight = nn.Parameter(weight.to(env.device))
+
+    def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor) -> torch.Tensor:
+        if local_embeddings.dim() != 2 or local_embeddings.shape[1] != self.embedding_size:
+            raise ValueError(f"expected embeddings of shape [batch, {self.embedding_size}], "
+                             f"got {tuple(local_embeddings.shape)}")
+        local_labels = local_labels.reshape(-1).long()
+        if local_labels.shape[0] != local_embeddings.shape[0]:
+            raise ValueError(f"got {local_embeddings.shape[0]} embeddings but {local_labels.shape[0]} labels")
+        self._check_batch(local_labels)
+
+        labels = all_gather_no_grad(local_labels, self.env)
+        embeddings = all_gather_with_grad(local_embeddings, self.env)
+        local_target = labels - self.class_start
+        local_target = torch.where((local_target >= 0) & (local_target < self.num_local), local_target, -1)
+
+        weight = self.weight
+        if self.training and self.num_sample < self.num_local:
+            index, local_target = self._sample(local_target)
+            weight = weight.index_select(0, index)
+        else:
+            index = torch.arange(self.num_local, device=weight.device)
+        self.last_sampled = index
+
+        # Under autocast the matmul may run in half precision; margins and the reduction want fp32.
+        cos = F.linear(F.normalize(embeddings), F.normalize(weight)).float()
+        logits = self.margin_loss(cos, local_target)
+        return self.objective(logits, local_target, self.env)
+
+    def _check_batch(self, local_labels: torch.Tensor) -> None:
+        """Raise, on every rank alike, unless all ranks pass the same non-zero batch with labels in range."""
+        b = local_labels.shape[0]
+        # Negated entries let one max-reduction also yield the minima.
+        extremes = torch.stack([local_labels.max(), -local_labels.min()]) if b else local_labels.new_tensor([-1, 0])
+        stats = torch.cat([local_labels.new_tensor([b, -b]), extremes])
+        max_b, neg_min_b, hi, neg_lo = all_reduce(stats, self.env, op="max").tolist()
+        if max_b != -neg_min_b:
+            raise ValueError(f"every rank must pass the same number of embeddings per step, got between "
+                             f"{-neg_min_b} and {max_b} (drop the last incomplete batch)")
+        if max_b == 0:
+            raise ValueError("got an empty batch")
+        if -neg_lo < 0 or hi >= self.num_classes:
+            raise ValueError(f"labels must lie in [0, num_classes={self.num_classes}), got [{-neg_lo}, {hi}]")
+
+    def _sample(self, local_target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Sorted local class indices to use this step, and the targets remapped into them (-1 stays -1)."""
+        device = local_target.device
+        generator = torch.Generator(device=device)
+        generator.manual_seed(_mix_seed(self.seed, self.env.rank, _SAMPLE_STREAM, self.sample_step))
+        self.sample_step += 1
+        scores = torch.rand(self.num_local, generator=generator, device=device)
+        # Uniform draws lie in [0, 1), so a score of 2 puts every positive class ahead of all negatives.
+        scores[local_target[local_target >= 0]] = 2.0
+        num_keep = max(self.num_sample, int((scores == 2.0).sum()))
+        index = scores.topk(num_keep).indices.sort().values
+        remap = torch.full((self.num_local,), -1, dtype=torch.long, device=device)
+        remap[index] = torch.arange(num_keep, device=device)
+        return index, torch.where(local_target >= 0, remap[local_target.clamp(min=0)], -1)
+
+    def get_extra_state(self) -> Dict[str, Any]:
+        return {"sample_step": self.sample_step}
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        self.sample_step = int(state["sample_step"])
+
+    def extra_repr(self) -> str:
+        return (f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, "
+                f"classes=[{self.class_start}, {self.class_start + self.num_local}) on rank "
+                f"{self.env.rank}/{self.env.world_size}, sample_rate={self.sample_rate}, seed={self.seed}")
