@@ -1,0 +1,1 @@
+"""Thin command-line front ends: fr-train, fr-data, fr-eval."""

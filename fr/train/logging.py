@@ -1,0 +1,69 @@
+"""Training metrics to the console and TensorBoard: loss, lr, throughput (samples/s) and ETA."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Dict, Optional
+
+log = logging.getLogger("fr.train")
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class MetricLogger:
+    """Averages the loss between log points and reports global throughput; TensorBoard on the main rank."""
+
+    def __init__(self, tensorboard_dir: Optional[str], global_batch: int, total_steps: int, enabled: bool):
+        self.enabled = enabled
+        self.global_batch = global_batch
+        self.total_steps = total_steps
+        self.writer = None
+        if enabled and tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(tensorboard_dir)
+        self._loss_sum = 0.0
+        self._loss_count = 0
+        self._window_start = time.perf_counter()
+        self._window_steps = 0
+
+    def update(self, loss: float) -> None:
+        self._loss_sum += loss
+        self._loss_count += 1
+        self._window_steps += 1
+
+    def log(self, step: int, epoch: int, lr: float) -> Dict[str, float]:
+        """Emit the averages since the last call; returns them (also on non-main ranks)."""
+        now = time.perf_counter()
+        elapsed = max(now - self._window_start, 1e-9)
+        throughput = self._window_steps * self.global_batch / elapsed
+        seconds_per_step = elapsed / max(self._window_steps, 1)
+        eta = seconds_per_step * max(self.total_steps - step, 0)
+        loss = self._loss_sum / max(self._loss_count, 1)
+        stats = {"loss": loss, "lr": lr, "samples_per_sec": throughput}
+        if self.enabled:
+            log.info("step %d/%d epoch %d  loss %.4f  lr %.5f  %.1f samples/s  eta %s",
+                     step, self.total_steps, epoch, loss, lr, throughput, format_duration(eta))
+            self.scalars(step, {"train/loss": loss, "train/lr": lr, "train/samples_per_sec": throughput})
+        self._loss_sum, self._loss_count, self._window_steps = 0.0, 0, 0
+        self._window_start = now
+        return stats
+
+    def scalars(self, step: int, values: Dict[str, float]) -> None:
+        if self.writer is not None:
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+            self.writer = None

@@ -1,0 +1,113 @@
+"""The training loop: forward, backward, clip, step, schedule, log, evaluate. Knows no particular loss or model."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+from fr.distributed import DistEnv
+from fr.train.logging import MetricLogger
+
+log = logging.getLogger("fr.train")
+
+EvalFn = Callable[[nn.Module, int], Dict[str, Dict[str, float]]]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf: stopping beats writing a checkpoint of garbage."""
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    last_loss: float = float("nan")
+    history: Dict[str, list] = field(default_factory=lambda: {"loss": [], "samples_per_sec": []})
+
+
+class Trainer:
+    """Runs `total_steps` optimisation steps of `head(backbone(images), labels)` over `loader`'s epochs.
+
+    The backbone may be wrapped (DDP); `plain_backbone` is the unwrapped module used for evaluation.
+    `amp_dtype` (fp16/bf16) runs the backbone and head under autocast; a GradScaler handles fp16.
+    `exact_backbone_grad` multiplies the embedding gradient by the world size so that, after DDP's
+    averaging, the backbone receives the gradient of the global-batch mean loss (see docs/training.md).
+    """
+
+    def __init__(self, backbone: nn.Module, plain_backbone: nn.Module, head: nn.Module, loader,
+                 optimizer: torch.optim.Optimizer, scheduler, env: DistEnv, total_steps: int,
+                 metrics: MetricLogger, log_every: int, clip_grad_norm: float = 0.0,
+                 amp_dtype: Optional[torch.dtype] = None, evaluate: Optional[EvalFn] = None, eval_every: int = 0,
+                 exact_backbone_grad: bool = False):
+        self.backbone, self.plain_backbone, self.head = backbone, plain_backbone, head
+        self.loader, self.optimizer, self.scheduler = loader, optimizer, scheduler
+        self.env, self.total_steps, self.metrics = env, total_steps, metrics
+        self.log_every, self.clip_grad_norm = log_every, clip_grad_norm
+        self.amp_dtype, self.evaluate, self.eval_every = amp_dtype, evaluate, eval_every
+        self.exact_backbone_grad = exact_backbone_grad
+        use_scaler = amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=use_scaler)
+        self.state = TrainState()
+        self.eval_results: Dict[int, Dict[str, Dict[str, float]]] = {}
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.env.device.type, dtype=self.amp_dtype)
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        self.backbone.train()
+        self.head.train()
+        with self._autocast():
+            embeddings = self.backbone(images)
+        embeddings = embeddings.float()
+        if self.exact_backbone_grad and self.env.is_distributed:
+            embeddings.register_hook(lambda grad: grad * self.env.world_size)
+        with self._autocast():
+            loss = self.head(embeddings, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.clip_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.backbone.parameters(), self.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"loss became {value} at step {self.state.step + 1}; lower optim.lr or "
+                                     f"check the data (no checkpoint was written for this step)")
+        return value
+
+    def run_evaluation(self) -> None:
+        if self.evaluate is None:
+            return
+        self.eval_results[self.state.step] = self.evaluate(self.plain_backbone, self.state.step)
+
+    def fit(self) -> TrainState:
+        state = self.state
+        start = time.perf_counter()
+        while state.step < self.total_steps:
+            self.loader.set_epoch(state.epoch)
+            for images, labels in self.loader:
+                state.last_loss = self.train_step(images, labels)
+                state.step += 1
+                self.metrics.update(state.last_loss)
+                if state.step % self.log_every == 0 or state.step == self.total_steps:
+                    stats = self.metrics.log(state.step, state.epoch, self.scheduler.get_last_lr()[0])
+                    state.history["loss"].append((state.step, stats["loss"]))
+                    state.history["samples_per_sec"].append((state.step, stats["samples_per_sec"]))
+                if self.eval_every and state.step % self.eval_every == 0 and state.step < self.total_steps:
+                    self.run_evaluation()
+                if state.step >= self.total_steps:
+                    break
+            state.epoch += 1
+        self.run_evaluation()
+        log.info("training done: %d steps in %.1f s", state.step, time.perf_counter() - start)
+        return state
