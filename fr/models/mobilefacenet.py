@@ -1,0 +1,166 @@
+"""MobileFaceNet backbone with insightface arcface_torch's ``get_mbf`` layout and state_dict keys."""
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import torch
+from torch import nn
+
+from fr.models.iresnet import trunk_autocast
+from fr.models.registry import register_backbone
+
+Pair = Tuple[int, int]
+
+
+class LinearBlock(nn.Module):
+    """Conv + BN with no activation (``layers.0`` conv, ``layers.1`` BN)."""
+
+    def __init__(self, in_c: int, out_c: int, kernel: int = 1, stride: int = 1, padding: int = 0, groups: int = 1):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups, bias=False),
+            nn.BatchNorm2d(out_c),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class ConvBlock(nn.Module):
+    """Conv + BN + PReLU (``layers.0/1/2``)."""
+
+    def __init__(self, in_c: int, out_c: int, kernel: int = 1, stride: int = 1, padding: int = 0, groups: int = 1):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups, bias=False),
+            nn.BatchNorm2d(out_c),
+            nn.PReLU(out_c),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class DepthWise(nn.Module):
+    """Inverted bottleneck: 1x1 expand to ``hidden``, 3x3 depthwise (``stride``), linear 1x1 project.
+
+    ``hidden`` is what insightface calls ``groups``: a fixed width (128/256/512) independent of ``scale``.
+    """
+
+    def __init__(self, in_c: int, out_c: int, hidden: int, stride: int = 2, residual: bool = False):
+        super().__init__()
+        self.residual = residual
+        self.layers = nn.Sequential(
+            ConvBlock(in_c, hidden),
+            ConvBlock(hidden, hidden, kernel=3, stride=stride, padding=1, groups=hidden),
+            LinearBlock(hidden, out_c),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layers(x)
+        return x + out if self.residual else out
+
+
+class Residual(nn.Module):
+    """``num_block`` shape-preserving residual DepthWise units."""
+
+    def __init__(self, channels: int, num_block: int, hidden: int):
+        super().__init__()
+        self.layers = nn.Sequential(
+            *(DepthWise(channels, channels, hidden, stride=1, residual=True) for _ in range(num_block))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class GDC(nn.Module):
+    """Global depthwise conv head: linear depthwise k x k over the whole map, flatten, Linear, BN1d."""
+
+    def __init__(self, num_features: int, kernel: int = 7, channels: int = 512):
+        super().__init__()
+        self.layers = nn.Sequential(
+            LinearBlock(channels, channels, kernel=kernel, groups=channels),
+            nn.Flatten(),
+            nn.Linear(channels, num_features, bias=False),
+            nn.BatchNorm1d(num_features),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class MobileFaceNet(nn.Module):
+    """Images [B,3,S,S] in [-1,1] -> embeddings [B,num_features]; S must be a multiple of 16 (112 by default).
+
+    ``blocks`` are the residual unit counts of the four stages, ``scale`` multiplies the trunk widths (64, 128).
+    With ``fp16`` the ``layers`` trunk runs under autocast and ``conv_sep``/``features`` in float32.
+    """
+
+    def __init__(
+        self,
+        num_features: int = 512,
+        blocks: Sequence[int] = (1, 4, 6, 2),
+        scale: int = 2,
+        fp16: bool = False,
+        input_size: int = 112,
+    ):
+        super().__init__()
+        blocks = tuple(int(b) for b in blocks)
+        if len(blocks) != 4 or blocks[0] < 1 or min(blocks) < 0:
+            raise ValueError(f"MobileFaceNet blocks must be 4 counts (first >= 1, others >= 0), got {blocks}")
+        if int(scale) != scale or scale < 1:
+            raise ValueError(f"MobileFaceNet scale must be a positive integer, got {scale}")
+        if input_size <= 0 or input_size % 16:
+            raise ValueError(
+                f"MobileFaceNet input_size must be a positive multiple of 16 (four stride-2 steps), got {input_size}"
+            )
+        self.num_features = num_features
+        self.fp16 = fp16
+        self.input_size = input_size
+        narrow, wide = 64 * scale, 128 * scale
+
+        if blocks[0] == 1:
+            # Not fully depthwise at scale > 1: insightface fixes groups at 64, and checkpoints carry that shape.
+            stage0 = ConvBlock(narrow, narrow, kernel=3, padding=1, groups=64)
+        else:
+            stage0 = Residual(narrow, blocks[0], hidden=128)
+        self.layers = nn.Sequential(
+            ConvBlock(3, narrow, kernel=3, stride=2, padding=1),
+            stage0,
+            DepthWise(narrow, narrow, hidden=128),
+            Residual(narrow, blocks[1], hidden=128),
+            DepthWise(narrow, wide, hidden=256),
+            Residual(wide, blocks[2], hidden=256),
+            DepthWise(wide, wide, hidden=512),
+            Residual(wide, blocks[3], hidden=256),
+        )
+        self.conv_sep = ConvBlock(wide, 512)
+        self.features = GDC(num_features, kernel=input_size // 16)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with trunk_autocast(x.device.type, self.fp16):
+            x = self.layers(x)
+        x = self.conv_sep(x.float() if self.fp16 else x)
+        return self.features(x)
+
+
+@register_backbone("mobilefacenet")
+def mobilefacenet(
+    num_features: int = 512,
+    blocks: Sequence[int] = (1, 4, 6, 2),
+    scale: int = 2,
+    fp16: bool = False,
+    input_size: int = 112,
+) -> MobileFaceNet:
+    """MobileFaceNet (insightface ``mbf``); ``blocks=(2, 8, 12, 4), scale=4`` gives ``mbf_large``."""
+    return MobileFaceNet(num_features=num_features, blocks=blocks, scale=scale, fp16=fp16, input_size=input_size)
