@@ -83,6 +83,7 @@ class TrainConfig:
     log_every: int = 50            # steps between console/TensorBoard logs
     threads: int = 0               # torch intra-op threads per process; 0 = torch's default
     exact_backbone_grad: bool = False  # True: backbone gets the exact global-batch gradient at any world size
+    channels_last: bool = False    # NHWC memory format for the backbone (faster convs on CPU and tensor cores)
 
 
 @dataclass

@@ -19,7 +19,7 @@ def tiny_overrides(data_dir, out_dir, **extra):
     values = {
         "data.root": data_dir, "data.synth.identities": 16, "data.synth.per_identity": 8,
         "data.synth.holdout_identities": 12, "data.synth.pairs": 40, "data.synth.workers": 2,
-        "data.batch_size": 16, "data.num_workers": 0, "model.kwargs": '{"scale": 1, "blocks": [1, 1, 1, 1]}',
+        "data.batch_size": 16, "data.num_workers": 0, "model.kwargs": '{"width": 16, "stem_stride": 2}',
         "model.embedding_size": 64, "train.max_steps": 6, "train.log_every": 2, "eval.every": 3,
         "eval.at_start": "true", "output.dir": out_dir,
     }

@@ -76,6 +76,8 @@ def train(cfg: Config, env: Optional[DistEnv] = None) -> Dict[str, Any]:
     loader = build_loader(cfg.data, env, seed=cfg.train.seed)
     num_classes = loader.dataset.num_classes
     backbone = build_model(cfg).to(env.device)
+    if cfg.train.channels_last:
+        backbone = backbone.to(memory_format=torch.channels_last)
     plain_backbone = backbone
     if env.is_distributed:
         device_ids = [env.device.index] if env.device.type == "cuda" else None
@@ -100,7 +102,7 @@ def train(cfg: Config, env: Optional[DistEnv] = None) -> Dict[str, Any]:
     untrained = evaluate(plain_backbone, 0) if (evaluate and cfg.eval.at_start) else {}
     trainer = Trainer(backbone, plain_backbone, head, loader, optimizer, scheduler, env, total_steps, metrics,
                       cfg.train.log_every, cfg.optim.clip_grad_norm, amp_dtype_for(cfg.train.amp, env.device),
-                      evaluate, cfg.eval.every, cfg.train.exact_backbone_grad)
+                      evaluate, cfg.eval.every, cfg.train.exact_backbone_grad, cfg.train.channels_last)
     start = time.perf_counter()
     state = trainer.fit()
     train_seconds = time.perf_counter() - start

@@ -44,13 +44,14 @@ class Trainer:
                  optimizer: torch.optim.Optimizer, scheduler, env: DistEnv, total_steps: int,
                  metrics: MetricLogger, log_every: int, clip_grad_norm: float = 0.0,
                  amp_dtype: Optional[torch.dtype] = None, evaluate: Optional[EvalFn] = None, eval_every: int = 0,
-                 exact_backbone_grad: bool = False):
+                 exact_backbone_grad: bool = False, channels_last: bool = False):
         self.backbone, self.plain_backbone, self.head = backbone, plain_backbone, head
         self.loader, self.optimizer, self.scheduler = loader, optimizer, scheduler
         self.env, self.total_steps, self.metrics = env, total_steps, metrics
         self.log_every, self.clip_grad_norm = log_every, clip_grad_norm
         self.amp_dtype, self.evaluate, self.eval_every = amp_dtype, evaluate, eval_every
         self.exact_backbone_grad = exact_backbone_grad
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         use_scaler = amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=use_scaler)
         self.state = TrainState()
@@ -64,6 +65,7 @@ class Trainer:
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         self.backbone.train()
         self.head.train()
+        images = images.contiguous(memory_format=self.memory_format)
         with self._autocast():
             embeddings = self.backbone(images)
         embeddings = embeddings.float()
