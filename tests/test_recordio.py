@@ -9,7 +9,9 @@ from fr.data.recordio import (MAGIC, IRHeader, IndexedRecordIO, MXRecordIO, Reco
                               read_index, unpack, unpack_img)
 from fr.data.writer import InsightfaceRecordWriter
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "mxnet")
+# Files written by real MXNet 1.9.1; they sit in ../shared beside the checkout (FR_MXNET_FIXTURES overrides).
+FIXTURES = os.environ.get("FR_MXNET_FIXTURES") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "fixtures", "mxnet")
 MAGIC_BYTES = struct.pack("<I", MAGIC)
 
 
