@@ -8,7 +8,7 @@ import os
 import runpy
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 
 class ConfigError(ValueError):

@@ -109,7 +109,7 @@ def test_bad_kwarg_names_backbone_and_keyword():
 
 
 def test_register_custom_and_duplicate(monkeypatch):
-    monkeypatch.setattr(registry, "_BACKBONES", dict(registry._BACKBONES))
+    monkeypatch.setattr(registry.BACKBONES, "_entries", dict(registry.BACKBONES._entries))
 
     @models.register_backbone("tiny_test_net")
     def tiny(width: int = 4):

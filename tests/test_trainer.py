@@ -99,3 +99,11 @@ def test_bf16_autocast_step_on_cpu():
     start = copy.deepcopy(backbone.state_dict())
     assert math.isfinite(trainer.train_step(images, labels))
     assert not torch.equal(start["1.weight"], backbone[1].weight)
+
+
+def test_adamw_uses_the_configured_betas_and_decay():
+    cfg = OptimConfig(name="adamw", lr=1e-3, betas=(0.8, 0.95), weight_decay=0.05)
+    opt = build_optimizer([{"params": nn.Linear(2, 2).parameters()}], cfg)
+    assert isinstance(opt, torch.optim.AdamW)
+    group = opt.param_groups[0]
+    assert group["betas"] == (0.8, 0.95) and group["weight_decay"] == 0.05 and group["lr"] == 1e-3

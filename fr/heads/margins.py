@@ -1,57 +1,21 @@
 """Margin losses on cosine logits (ArcFace, CosFace, ...) and the registry that builds them by name."""
 from __future__ import annotations
 
-import difflib
-import inspect
 import math
-from typing import Callable, Dict, Iterable, List, Type
 
 import torch
 from torch import nn
 
-_LOSSES: Dict[str, Type[nn.Module]] = {}
+from fr.registry import Registry
 
-
-def register_loss(name: str) -> Callable[[type], type]:
-    """Class decorator: make a margin loss buildable as `build_loss(name, **params)`."""
-
-    def decorator(cls: type) -> type:
-        if name in _LOSSES and _LOSSES[name] is not cls:
-            raise ValueError(f"margin loss {name!r} is already registered to {_LOSSES[name].__qualname__}")
-        _LOSSES[name] = cls
-        return cls
-
-    return decorator
-
-
-def available_losses() -> List[str]:
-    """Registered margin-loss names, sorted."""
-    return sorted(_LOSSES)
-
-
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=3)
-    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+LOSSES = Registry("margin loss")
+register_loss = LOSSES.register
+available_losses = LOSSES.names
 
 
 def build_loss(name: str, **params) -> nn.Module:
     """Instantiate the margin loss registered as `name`; unknown names or parameters raise a one-line ValueError."""
-    cls = _LOSSES.get(name)
-    if cls is None:
-        raise ValueError(f"unknown margin loss {name!r}{_did_you_mean(name, _LOSSES)}; "
-                         f"accepted: {', '.join(available_losses())}")
-    signature = inspect.signature(cls)
-    named = [p for p in signature.parameters.values()
-             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
-    accepted = [p.name for p in named]
-    for key in params:
-        if key not in accepted:
-            raise ValueError(f"margin loss {name!r} has no parameter {key!r}{_did_you_mean(key, accepted)}; "
-                             f"accepted: {', '.join(accepted)}")
-    missing = [p.name for p in named if p.default is inspect.Parameter.empty and p.name not in params]
-    if missing:
-        raise ValueError(f"margin loss {name!r} needs parameter(s) {', '.join(missing)}")
-    return cls(**params)
+    return LOSSES.build(name, **params)
 
 
 def _check_finite(name: str, value: float) -> float:

@@ -1,36 +1,18 @@
 """Distributed reductions over class-sharded logits (softmax cross entropy), looked up by name."""
 from __future__ import annotations
 
-import difflib
-from typing import Callable, Dict
+from typing import Callable
 
 import torch
 
 from fr.distributed import DistEnv, all_reduce
+from fr.registry import Registry
 
 Objective = Callable[[torch.Tensor, torch.Tensor, DistEnv], torch.Tensor]
-_OBJECTIVES: Dict[str, Objective] = {}
-
-
-def register_objective(name: str) -> Callable[[Objective], Objective]:
-    """Decorator: make `fn(logits, local_target, env) -> loss` available as `get_objective(name)`."""
-
-    def decorator(fn: Objective) -> Objective:
-        if name in _OBJECTIVES and _OBJECTIVES[name] is not fn:
-            raise ValueError(f"objective {name!r} is already registered")
-        _OBJECTIVES[name] = fn
-        return fn
-
-    return decorator
-
-
-def get_objective(name: str) -> Objective:
-    """The reduction registered as `name`; an unknown name raises a one-line ValueError."""
-    if name not in _OBJECTIVES:
-        close = difflib.get_close_matches(name, list(_OBJECTIVES), n=3)
-        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-        raise ValueError(f"unknown objective {name!r}{hint}; accepted: {', '.join(sorted(_OBJECTIVES))}")
-    return _OBJECTIVES[name]
+OBJECTIVES = Registry("objective")
+# Decorator: make `fn(logits, local_target, env) -> loss` available as `get_objective(name)`.
+register_objective = OBJECTIVES.register
+get_objective = OBJECTIVES.get
 
 
 class DistributedSoftmaxCrossEntropy(torch.autograd.Function):

@@ -26,19 +26,12 @@ class LinearBlock(nn.Module):
         return self.layers(x)
 
 
-class ConvBlock(nn.Module):
+class ConvBlock(LinearBlock):
     """Conv + BN + PReLU (``layers.0/1/2``)."""
 
     def __init__(self, in_c: int, out_c: int, kernel: int = 1, stride: int = 1, padding: int = 0, groups: int = 1):
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups, bias=False),
-            nn.BatchNorm2d(out_c),
-            nn.PReLU(out_c),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        super().__init__(in_c, out_c, kernel, stride, padding, groups)
+        self.layers.append(nn.PReLU(out_c))
 
 
 class DepthWise(nn.Module):

@@ -101,10 +101,15 @@ def train(cfg: Config, env: Optional[DistEnv] = None) -> Dict[str, Any]:
 
     untrained = evaluate(plain_backbone, 0) if (evaluate and cfg.eval.at_start) else {}
     trainer = Trainer(backbone, plain_backbone, head, loader, optimizer, scheduler, env, total_steps, metrics,
-                      cfg.train.log_every, cfg.optim.clip_grad_norm, amp_dtype_for(cfg.train.amp, env.device),
-                      evaluate, cfg.eval.every, cfg.train.exact_backbone_grad, cfg.train.channels_last)
+                      log_every=cfg.train.log_every, clip_grad_norm=cfg.optim.clip_grad_norm,
+                      amp_dtype=amp_dtype_for(cfg.train.amp, env.device), evaluate=evaluate,
+                      eval_every=cfg.eval.every, exact_backbone_grad=cfg.train.exact_backbone_grad,
+                      channels_last=cfg.train.channels_last)
     start = time.perf_counter()
-    state = trainer.fit()
+    try:
+        state = trainer.fit()
+    finally:
+        metrics.close()  # flush TensorBoard even when the run fails
     train_seconds = time.perf_counter() - start
 
     results: Dict[str, Any] = {}
@@ -126,6 +131,5 @@ def train(cfg: Config, env: Optional[DistEnv] = None) -> Dict[str, Any]:
             before = untrained.get(name, {}).get("accuracy")
             log.info("%s: accuracy untrained %s -> trained %.4f", name,
                      f"{before:.4f}" if before is not None else "n/a", final[name]["accuracy"])
-    metrics.close()
     barrier(env)
     return results

@@ -28,6 +28,7 @@ class VerificationHook:
 
     def __init__(self, bins: List[str], data_root: str, env: DistEnv, batch_size: int, image_size: int = 112):
         self.env = env
+        self.enabled = bool(bins)  # the same on every rank, so all of them take part in the barrier
         self.batch_size = batch_size
         self.sets: List[Tuple[str, np.ndarray, np.ndarray]] = []
         self.best: Dict[str, float] = {}
@@ -40,7 +41,7 @@ class VerificationHook:
                 log.info("verification set %s: %d pairs", name, len(issame))
 
     def __bool__(self) -> bool:
-        return bool(self.sets) or not self.env.is_main
+        return self.enabled
 
     def __call__(self, model: nn.Module, step: int, scalars=None) -> Dict[str, Dict[str, float]]:
         """Evaluate every set; returns {name: {accuracy, std, xnorm, best}} on the main rank, {} elsewhere."""
