@@ -33,11 +33,13 @@ class DataConfig:
     root: str = ""                 # directory with train.rec / train.idx (insightface layout)
     synthetic: bool = False        # generate the procedural set into `root` if it is not there yet
     synth: SynthConfig = field(default_factory=SynthConfig)
-    loader: str = "torch"          # torch (DataLoader); dali arrives with the data-pipeline work
+    loader: str = "torch"          # torch (DataLoader), dali (fn.readers.mxnet), auto (dali when installed)
     num_classes: int = 0           # 0 = read from the record file's header
     num_workers: int = 2           # DataLoader worker processes per rank
     batch_size: int = 128          # per rank
     image_size: int = 112
+    augment: List[str] = field(default_factory=list)  # of resize, blur, hsv, gray (flip is always on)
+    cache_dir: str = ""            # DALI's filtered index; "" = <data.root>/.fr_cache, else ~/.cache/fr
 
 
 @dataclass
@@ -58,6 +60,8 @@ class LossConfig:
 class PartialFCConfig:
     sample_rate: float = 1.0
     seed: int = 0
+    update: str = "dense"                        # dense | sparse (only sampled rows + their momentum; sgd only)
+    interclass_filtering_threshold: float = 0.0  # 0 disables; softmax-type losses only
 
 
 @dataclass
@@ -120,7 +124,8 @@ class Config:
 
 # ---------------------------------------------------------------------------------------------- choices
 CHOICES: Dict[str, Sequence[str]] = {
-    "data.loader": ("torch",),
+    "data.loader": ("torch", "dali", "auto"),
+    "partial_fc.update": ("dense", "sparse"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.amp": ("auto", "on", "off"),
 }
@@ -153,6 +158,11 @@ def validate(cfg: Config) -> Config:
                 "optim.weight_decay", "optim.clip_grad_norm", "train.threads", "data.synth.workers"]:
         if get_value(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {get_value(cfg, key)}")
+    if cfg.partial_fc.update == "sparse" and cfg.optim.name != "sgd":
+        raise ConfigError(f"partial_fc.update=sparse needs optim.name=sgd, got {cfg.optim.name!r}")
+    if not 0.0 <= cfg.partial_fc.interclass_filtering_threshold < 1.0:
+        raise ConfigError("partial_fc.interclass_filtering_threshold must be in [0, 1), got "
+                          f"{cfg.partial_fc.interclass_filtering_threshold}")
     if not 0.0 < cfg.partial_fc.sample_rate <= 1.0:
         raise ConfigError(f"partial_fc.sample_rate must be in (0, 1], got {cfg.partial_fc.sample_rate}")
     if cfg.optim.lr <= 0:

@@ -307,7 +307,8 @@ def test_rows_without_local_target_are_only_scaled():
 def test_build_loss():
     assert isinstance(build_loss("arcface", s=30.0, m=0.3), ArcFace)
     assert build_loss("cosface").m == 0.4
-    with pytest.raises(ValueError, match=r"unknown margin loss 'arcfce' \(did you mean 'arcface'.*\?\); accepted: arcface, cosface$"):
+    with pytest.raises(ValueError, match=r"unknown margin loss 'arcfce' \(did you mean 'arcface'.*\?\); accepted: "
+                       r"adaface, arcface, combined, cosface, curricular, elastic_arc, elastic_cos, magface, sface$"):
         build_loss("arcfce")
     with pytest.raises(ValueError, match=r"has no parameter 'scale'.*accepted: s, m, exact_gradient"):
         build_loss("arcface", scale=64.0)

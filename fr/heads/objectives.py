@@ -1,4 +1,4 @@
-"""Distributed reductions over class-sharded logits (softmax cross entropy), looked up by name."""
+"""Distributed reductions over class-sharded logits (softmax cross entropy, SFace), looked up by name."""
 from __future__ import annotations
 
 from typing import Callable
@@ -66,3 +66,43 @@ class DistributedSoftmaxCrossEntropy(torch.autograd.Function):
 def dist_softmax_cross_entropy(logits: torch.Tensor, local_target: torch.Tensor, env: DistEnv) -> torch.Tensor:
     """Functional form of `DistributedSoftmaxCrossEntropy`."""
     return DistributedSoftmaxCrossEntropy.apply(logits, local_target, env)
+
+
+@register_objective("sface")
+def dist_sface_loss(logits: torch.Tensor, local_target: torch.Tensor, env: DistEnv, s: float = 64.0,
+                    k: float = 80.0, a: float = 0.8, b: float = 1.23) -> tuple:
+    """SFace over class shards: (loss, stats), both identical on every rank.
+
+    logits = s*cos [B, C_local]. loss = mean_i[-r_intra_i * s*cos_y_i] + mean_i[sum_{j != y_i} r_inter_ij * s*cos_ij]
+    with r_intra = sigmoid(k*(theta_y - a)) and r_inter = sigmoid(-k*(theta_j - b)) computed without gradient.
+    The intra term comes from the rank owning the target, the inter partial sums from every rank; one
+    all-reduce sums them. The returned loss carries only this rank's gradient, which is exact because the
+    gathered embeddings' gradients are summed over ranks. stats: intra, inter (the two means), cos_y and
+    cos_j (mean target / non-target cosine over the global batch and the classes in play).
+    """
+    x = logits.float()
+    batch, num_local = x.shape
+    owned = local_target != -1
+    cos = x / s
+    with torch.no_grad():
+        weights = torch.sigmoid(-k * (torch.acos(cos.clamp(-1.0, 1.0)) - b))
+    negative = torch.ones_like(x, dtype=torch.bool)
+    if num_local:
+        col = local_target.clamp(min=0).unsqueeze(1)
+        negative.scatter_(1, col, ~owned.unsqueeze(1))
+        target = torch.where(owned, x.gather(1, col).squeeze(1), x.new_zeros(()))
+    else:
+        target = x.new_zeros((batch,))
+    with torch.no_grad():
+        weight_y = torch.sigmoid(k * (torch.acos((target / s).clamp(-1.0, 1.0)) - a))
+    intra = torch.where(owned, -weight_y * target, x.new_zeros(())).sum() / batch
+    inter = (weights * negative * x).sum() / batch
+    local = intra + inter
+    with torch.no_grad():
+        sums = torch.stack([local, intra, inter, (target / s).sum(), (cos * negative).sum(),
+                            negative.sum().to(x.dtype)])
+    all_reduce(sums, env, op="sum")
+    loss = local + (sums[0] - local).detach()
+    stats = {"intra": sums[1].item(), "inter": sums[2].item(), "cos_y": sums[3].item() / batch,
+             "cos_j": sums[4].item() / max(sums[5].item(), 1.0)}
+    return loss, stats

@@ -1,30 +1,22 @@
 """Partial FC: the class-sharded, optionally sampled, normalised classifier that turns embeddings into a loss."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fr.distributed import DistEnv, all_gather_no_grad, all_gather_with_grad, all_reduce, env_from_group
+from fr.heads.cosine import cosine_logits
+from fr.heads.margins import MarginContext
 from fr.heads.objectives import get_objective
+from fr.heads.seeding import mix_seed
 
-_MASK64 = (1 << 64) - 1
 # Stream tags keep the weight-init and sampling generators apart for the same (seed, rank).
 _INIT_STREAM = 1
 _SAMPLE_STREAM = 2
-
-
-def _mix_seed(*values: int) -> int:
-    """Fold integers into one 63-bit seed (splitmix64 finaliser), so neighbouring tuples give unrelated seeds."""
-    state = 0
-    for value in values:
-        z = (state ^ (value & _MASK64)) + 0x9E3779B97F4A7C15 & _MASK64
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & _MASK64
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EB & _MASK64
-        state = z ^ (z >> 31)
-    return state >> 1
+UPDATE_MODES = ("dense", "sparse")
 
 
 def shard_range(num_classes: int, world_size: int, rank: int) -> Tuple[int, int]:
@@ -49,10 +41,20 @@ class PartialFC(nn.Module):
     positives alone exceed that); the draw is seeded by (seed, rank, step) and the step counter is saved in
     the state dict. Only the sampled rows take part, so only they receive gradient. `last_sampled` holds the
     sorted local indices the last forward used (all of them when not sampling).
+
+    update="dense": in training, gradients reach `weight` as a dense [num_local, D] `.grad` (zero for unsampled
+    rows, which an ordinary optimizer still decays and moves with momentum, as arcface_torch does).
+    update="sparse": `weight` gets no `.grad`; each training forward makes the sampled rows a separate
+    [k, D] leaf and records it, and `SparseRowSGD.step` updates only those rows and their momentum.
+
+    interclass_filtering_threshold > 0 (softmax-type losses only), as insightface's option: a non-target
+    cosine above the threshold (the sample is that close to another class centre, likely a label clash) is
+    replaced by 0 before the margin, without gradient.
     """
 
     def __init__(self, margin_loss: nn.Module, embedding_size: int, num_classes: int, sample_rate: float = 1.0,
-                 env: Optional[DistEnv] = None, seed: int = 0) -> None:
+                 env: Optional[DistEnv] = None, seed: int = 0, update: str = "dense",
+                 interclass_filtering_threshold: float = 0.0) -> None:
         super().__init__()
         env = env if env is not None else env_from_group()
         if embedding_size < 1:
@@ -62,7 +64,18 @@ class PartialFC(nn.Module):
                              "so that every rank owns a class")
         if not 0.0 < sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
+        if update not in UPDATE_MODES:
+            raise ValueError(f"update must be one of {', '.join(UPDATE_MODES)}, got {update!r}")
+        threshold = float(interclass_filtering_threshold)
+        if not 0.0 <= threshold < 1.0:
+            raise ValueError(f"interclass_filtering_threshold must be in [0, 1) (0 disables), got {threshold}")
+        objective = getattr(margin_loss, "objective", "softmax_ce")
+        if threshold and objective != "softmax_ce":
+            raise ValueError(f"interclass_filtering_threshold needs a softmax-type loss, got objective {objective!r}")
         self.margin_loss = margin_loss
+        self.update = update
+        self.interclass_filtering_threshold = threshold
+        self._sparse_pending: List[Tuple[torch.Tensor, torch.Tensor]] = []
         self.objective = get_objective(getattr(margin_loss, "objective", "softmax_ce"))
         self.env = env
         self.embedding_size = int(embedding_size)
@@ -73,7 +86,7 @@ class PartialFC(nn.Module):
         self.num_sample = int(self.sample_rate * self.num_local)
         self.sample_step = 0
         self.last_sampled: Optional[torch.Tensor] = None
-        init = torch.Generator().manual_seed(_mix_seed(self.seed, env.rank, _INIT_STREAM))
+        init = torch.Generator().manual_seed(mix_seed(self.seed, env.rank, _INIT_STREAM))
         weight = torch.empty(self.num_local, self.embedding_size).normal_(0.0, 0.01, generator=init)
         self.weight = nn.Parameter(weight.to(env.device))
 
@@ -91,18 +104,71 @@ class PartialFC(nn.Module):
         local_target = labels - self.class_start
         local_target = torch.where((local_target >= 0) & (local_target < self.num_local), local_target, -1)
 
-        weight = self.weight
-        if self.training and self.num_sample < self.num_local:
+        sampling = self.training and self.num_sample < self.num_local
+        if sampling:
             index, local_target = self._sample(local_target)
-            weight = weight.index_select(0, index)
         else:
-            index = torch.arange(self.num_local, device=weight.device)
+            index = torch.arange(self.num_local, device=self.weight.device)
         self.last_sampled = index
+        weight = self._rows(index, sampling)
 
-        # Under autocast the matmul may run in half precision; margins and the reduction want fp32.
-        cos = F.linear(F.normalize(embeddings), F.normalize(weight)).float()
-        logits = self.margin_loss(cos, local_target)
-        return self.objective(logits, local_target, self.env)
+        norms = embeddings.float().norm(dim=1)
+        # fp32 out of a matmul that may run in half precision under autocast: margins and reductions want fp32.
+        cos = cosine_logits(F.normalize(embeddings), weight)
+        if self.interclass_filtering_threshold:
+            cos = self._filter(cos, local_target)
+        ctx = MarginContext(env=self.env, norms=norms)
+        if getattr(self.margin_loss, "needs_target_cos", False):
+            ctx.target_cos = self._global_target_cos(cos, local_target)
+        logits = self.margin_loss(cos, local_target, ctx)
+        reduce = getattr(self.margin_loss, "reduce", None)
+        if reduce is None:
+            return self.objective(logits, local_target, self.env)
+        return reduce(logits, local_target, ctx)
+
+    def _rows(self, index: torch.Tensor, sampling: bool) -> torch.Tensor:
+        """The class centres taking part this step (see the class docstring for the two update modes)."""
+        if self.update == "sparse" and self.training and torch.is_grad_enabled():
+            rows = self.weight.detach().index_select(0, index).requires_grad_(True)
+            self._sparse_pending.append((index, rows))
+            return rows
+        return self.weight.index_select(0, index) if sampling else self.weight
+
+    def take_sparse_grads(self, with_rows: bool = False) -> Optional[tuple]:
+        """(row indices, their summed gradient) since the last call, for `SparseRowSGD`; None if no gradient.
+
+        with_rows=True adds the rows' values as of the forward (None after several forwards), which saves
+        the optimizer a [k, D] gather; they equal `weight[index]` unless the weight changed since.
+        """
+        pending = [(i, r.grad, r.detach()) for i, r in self._sparse_pending if r.grad is not None]
+        self._sparse_pending = []
+        if not pending:
+            return None
+        if len(pending) == 1:
+            return pending[0] if with_rows else pending[0][:2]
+        index, inverse = torch.unique(torch.cat([i for i, _, _ in pending]), return_inverse=True)
+        grads = torch.cat([g for _, g, _ in pending])
+        summed = grads.new_zeros(len(index), grads.shape[1]).index_add_(0, inverse, grads)
+        return (index, summed, None) if with_rows else (index, summed)
+
+    def _filter(self, cos: torch.Tensor, local_target: torch.Tensor) -> torch.Tensor:
+        """Zero (without gradient) the non-target cosines above the inter-class filtering threshold."""
+        dirty = cos.detach() > self.interclass_filtering_threshold
+        if cos.shape[1]:
+            owned = (local_target != -1).unsqueeze(1)
+            is_target = torch.zeros_like(dirty).scatter_(1, local_target.clamp(min=0).unsqueeze(1), owned)
+            dirty &= ~is_target
+        return cos.masked_fill(dirty, 0.0)
+
+    def _global_target_cos(self, cos: torch.Tensor, local_target: torch.Tensor) -> torch.Tensor:
+        """[B] detached target cosines, identical on every rank: the owner contributes, the others add 0."""
+        owned = local_target != -1
+        if cos.shape[1]:
+            target = cos.detach().gather(1, local_target.clamp(min=0).unsqueeze(1)).squeeze(1)
+            target = torch.where(owned, target, target.new_zeros(()))
+        else:
+            target = cos.new_zeros(cos.shape[0])
+        return all_reduce(target.contiguous(), self.env, op="sum")
 
     def _check_batch(self, local_labels: torch.Tensor) -> None:
         """Raise, on every rank alike, unless all ranks pass the same non-zero batch with labels in range."""
@@ -123,7 +189,7 @@ class PartialFC(nn.Module):
         """Sorted local class indices to use this step, and the targets remapped into them (-1 stays -1)."""
         device = local_target.device
         generator = torch.Generator(device=device)
-        generator.manual_seed(_mix_seed(self.seed, self.env.rank, _SAMPLE_STREAM, self.sample_step))
+        generator.manual_seed(mix_seed(self.seed, self.env.rank, _SAMPLE_STREAM, self.sample_step))
         self.sample_step += 1
         scores = torch.rand(self.num_local, generator=generator, device=device)
         # Uniform draws lie in [0, 1), so a score of 2 puts every positive class ahead of all negatives.
@@ -143,4 +209,5 @@ class PartialFC(nn.Module):
     def extra_repr(self) -> str:
         return (f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, "
                 f"classes=[{self.class_start}, {self.class_start + self.num_local}) on rank "
-                f"{self.env.rank}/{self.env.world_size}, sample_rate={self.sample_rate}, seed={self.seed}")
+                f"{self.env.rank}/{self.env.world_size}, sample_rate={self.sample_rate}, seed={self.seed}, "
+                f"update={self.update}, interclass_filtering_threshold={self.interclass_filtering_threshold}")

@@ -15,7 +15,7 @@ from torch import nn
 from fr.config import Config, save_config
 from fr.data.loader import build_loader
 from fr.distributed import DistEnv, barrier, init_distributed
-from fr.heads import PartialFC, build_loss
+from fr.heads import PartialFC, build_loss, build_sparse_optimizer
 from fr.models import build_backbone
 from fr.train.checkpoint import atomic_save, backbone_state_dict
 from fr.train.logging import MetricLogger
@@ -83,12 +83,17 @@ def train(cfg: Config, env: Optional[DistEnv] = None) -> Dict[str, Any]:
         device_ids = [env.device.index] if env.device.type == "cuda" else None
         backbone = nn.parallel.DistributedDataParallel(backbone, device_ids=device_ids)
     head = PartialFC(build_loss(cfg.loss.name, **cfg.loss.params), cfg.model.embedding_size, num_classes,
-                     sample_rate=cfg.partial_fc.sample_rate, env=env, seed=cfg.partial_fc.seed).to(env.device)
+                     sample_rate=cfg.partial_fc.sample_rate, env=env, seed=cfg.partial_fc.seed,
+                     update=cfg.partial_fc.update,
+                     interclass_filtering_threshold=cfg.partial_fc.interclass_filtering_threshold).to(env.device)
 
     steps_per_epoch = len(loader)
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
     warmup_steps = int(cfg.optim.warmup_epochs * steps_per_epoch)
-    optimizer = build_optimizer([{"params": plain_backbone.parameters()}, {"params": head.parameters()}], cfg.optim)
+    groups = [{"params": plain_backbone.parameters()}, {"params": head.parameters()}]
+    # Sparse mode: the head's sampled rows are updated by the optimizer's own row-wise step.
+    optimizer = (build_sparse_optimizer(groups, [head], cfg.optim) if head.update == "sparse"
+                 else build_optimizer(groups, cfg.optim))
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps, warmup_steps)
     global_batch = cfg.data.batch_size * env.world_size
     metrics = MetricLogger(os.path.join(out_dir, "tensorboard") if cfg.output.tensorboard else None,
