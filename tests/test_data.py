@@ -1,5 +1,6 @@
 """Torch data path: record dataset labels/pixels, flip, normalisation, rank sharding, clear errors."""
 import io
+import random
 
 import numpy as np
 import pytest
@@ -47,7 +48,7 @@ def test_flip_is_a_horizontal_mirror(record_dir):
     dataset = RecordDataset(str(root), flip=True)
     original = torch.from_numpy(images[0][0].transpose(2, 0, 1).copy())
     seen = {"plain": 0, "flipped": 0}
-    torch.manual_seed(0)
+    random.seed(0)  # the flip draws from Python's random (seeded per DataLoader worker)
     for _ in range(40):
         chw, _ = dataset[0]
         if torch.equal(chw, original):
@@ -90,12 +91,8 @@ def test_missing_directory_and_bad_labels(tmp_path):
     rec.write_idx(4, pack(IRHeader(2, [1.0, 2.0], 0, 0), b""))
     rec.write_idx(5, pack(IRHeader(2, [2.0, 4.0], 0, 0), b""))
     rec.close()
-    dataset = RecordDataset(str(tmp_path))
-    assert dataset.num_classes == 2
-    assert dataset[0][1] == 0
+    # Label 5 is outside [0, 2): an error when the dataset is built, before any training, naming the record.
     with pytest.raises(DataError, match="record 2 has label 5, outside"):
-        dataset[1]
-    with pytest.raises(DataError, match="record 3: cannot decode"):
-        dataset[2]
+        RecordDataset(str(tmp_path))
     with pytest.raises(DataError, match="data.num_classes=1 but .* holds 2 classes"):
         RecordDataset(str(tmp_path), num_classes=1)

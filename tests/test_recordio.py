@@ -7,6 +7,7 @@ import pytest
 
 from fr.data.recordio import (MAGIC, IRHeader, IndexedRecordIO, MXRecordIO, RecordIOError, pack, pack_img,
                               read_index, unpack, unpack_img)
+from fr.data.verify import label_of, scan_headers
 from fr.data.writer import InsightfaceRecordWriter
 
 # Files written by real MXNet 1.9.1; they sit in ../shared beside the checkout (FR_MXNET_FIXTURES overrides).
@@ -38,8 +39,45 @@ def test_reads_insightface_layout_written_by_mxnet(truth):
 def test_reads_plain_im2rec_layout(truth):
     d = os.path.join(FIXTURES, "plain")
     rec = IndexedRecordIO(os.path.join(d, "data.idx"), os.path.join(d, "data.rec"), "r")
-    labels = [unpack(rec.read_idx(k))[0].label for k in sorted(rec.keys)]
-    assert len(labels) == len(truth["labels"])
+    assert sorted(rec.keys) == list(range(len(truth["labels"])))
+    for k in sorted(rec.keys):
+        header, image = unpack_img(rec.read_idx(k))
+        assert header.flag == 0 and header.label == truth["labels"][k] and header.id == k
+        # im2rec re-encoded the truth images as JPEG, so pixels carry that encoding's loss on top of
+        # decoder differences: small on average, and nearest to their own truth image.
+        errors = np.abs(image.astype(int)[None] - truth["images"]).mean(axis=(1, 2, 3))
+        assert errors[k] < 2.5 and int(np.argmin(errors)) == k
+
+
+def test_header_only_scan_matches_full_unpack(tmp_path):
+    """The pre-training check reads headers through the .idx offsets; it must agree with a full read."""
+    d = os.path.join(FIXTURES, "insightface")
+    rec = IndexedRecordIO(os.path.join(d, "train.idx"), os.path.join(d, "train.rec"), "r")
+    for key, header, error in scan_headers(rec, sorted(rec.keys)):
+        full = unpack(rec.read_idx(key))[0]
+        assert error is None and header.flag == full.flag and header.id == full.id
+        assert np.array_equal(np.asarray(header.label), np.asarray(full.label))
+    # many labels, and a header split by an escaped magic word, fall back to reading the whole record
+    path = tmp_path / "m"
+    out = IndexedRecordIO(str(path) + ".idx", str(path) + ".rec", "w")
+    out.write_idx(0, pack(IRHeader(0, list(range(40)), 1, 2), b"x"))
+    out.write_idx(1, pack(IRHeader(0, [1.0, struct.unpack("<f", MAGIC_BYTES)[0]], 3, 4), b"y"))
+    out.close()
+    out = IndexedRecordIO(str(path) + ".idx", str(path) + ".rec", "r")
+    got = {k: h for k, h, _ in scan_headers(out, [0, 1])}
+    assert got[0].label.tolist() == list(range(40))
+    assert got[1].label.tobytes()[4:] == MAGIC_BYTES and got[1].id == 3
+
+
+def test_read_label_of_multi_label_and_plain_layout_without_idx(tmp_path, truth):
+    d = os.path.join(FIXTURES, "plain")
+    (tmp_path / "train.rec").write_bytes(open(os.path.join(d, "data.rec"), "rb").read())
+    # no .idx: the dataset rebuilds the index by a scan; the plain layout takes classes from the labels
+    from fr.data.datasets import RecordDataset
+    dataset = RecordDataset(str(tmp_path), flip=False)
+    assert not dataset.layout.insightface and dataset.num_classes == int(truth["num_classes"])
+    assert [dataset[i][1] for i in range(len(dataset))] == truth["labels"].tolist()
+    assert label_of(IRHeader(2, np.array([3.0, 9.0], np.float32), 0, 0)) == 3
 
 
 def test_sequential_read_matches_index_and_rebuilds_missing_idx(tmp_path):

@@ -1,4 +1,4 @@
-"""fr-data: data-set tools. `synth` renders the procedural face set; `info` describes a record file."""
+"""fr-data: data-set tools: `synth`, `info`, `verify`, `pack` and `shuffle` for record files."""
 from __future__ import annotations
 
 import argparse
@@ -24,21 +24,68 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     from fr.data.datasets import RecordDataset
+    from fr.data.verify import check_records
 
     dataset = RecordDataset(args.dir, flip=False)
-    image, _ = dataset[0] if len(dataset) else (None, None)
+    image, _ = dataset[0]
+    labels = check_records(dataset.record, dataset.keys, dataset.num_classes).labels
     info = {
         "dir": args.dir,
         "layout": "insightface" if dataset.layout.insightface else "plain",
         "images": len(dataset),
         "identities": dataset.num_classes,
-        "image_size": list(image.shape[1:]) if image is not None else None,
+        "label_range": [min(labels), max(labels)],
+        "image_size": list(image.shape[1:]),
+        "garbled_records": dataset.garbled,
     }
-    if args.json:
+    _emit(info, args.json)
+    return 0
+
+
+def _emit(info: dict, as_json: bool) -> None:
+    if as_json:
         print(json.dumps(info))
     else:
         for key, value in info.items():
-            print(f"{key:>12}: {value}")
+            print(f"{key:>16}: {value}")
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from fr.data.decode import get_decoder
+    from fr.data.verify import verify_dir
+
+    progress = None if args.json else (lambda keys: tqdm(keys, unit="img", desc="verify", file=sys.stderr))
+    report = verify_dir(args.dir, get_decoder("auto"), progress=progress)
+    info = {"dir": args.dir, "records": report.records, "images": report.images, "ok": report.ok,
+            "problems": len(report.problems)}
+    if args.json:
+        print(json.dumps({**info, "messages": report.problems}))
+    else:
+        for message in report.problems:
+            print(message)
+        _emit(info, False)
+    return 0 if report.ok else 1
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from fr.data.pack import group_by_label, list_image_folder, pack, read_lst
+
+    if (args.folder is None) == (args.lst is None):
+        raise ValueError("fr-data pack needs exactly one of --folder DIR or --lst FILE")
+    source = args.folder or args.lst
+    items = list_image_folder(args.folder) if args.folder else read_lst(args.lst, args.image_root)
+    result = pack(group_by_label(items, source), args.out, size=args.size, quality=args.quality,
+                  workers=args.workers, progress=not args.quiet)
+    print(json.dumps({**result, "failed": len(result["failed"])}))
+    return 0 if not result["failed"] else 1
+
+
+def _shuffle(args: argparse.Namespace) -> int:
+    from fr.data.shuffle import shuffle_records
+
+    print(json.dumps(shuffle_records(args.dir, args.out, seed=args.seed, progress=not args.quiet)))
     return 0
 
 
@@ -62,6 +109,29 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     info.add_argument("dir", help="directory holding train.rec/train.idx")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=_info)
+
+    verify = sub.add_parser("verify", help="scan every record; exit status 1 when anything is wrong")
+    verify.add_argument("dir", help="directory holding train.rec/train.idx")
+    verify.add_argument("--json", action="store_true", help="print JSON (with every problem message)")
+    verify.set_defaults(func=_verify)
+
+    pack = sub.add_parser("pack", help="pack an image folder or im2rec .lst into insightface-layout records")
+    pack.add_argument("--folder", help="one sub-folder of images per identity")
+    pack.add_argument("--lst", help="im2rec list: index<TAB>label<TAB>path")
+    pack.add_argument("--image-root", help="directory the .lst paths are relative to (default: its folder)")
+    pack.add_argument("--out", required=True, help="output directory for train.rec/train.idx")
+    pack.add_argument("--size", type=int, default=112, help="resize to SIZE x SIZE (0 keeps the size)")
+    pack.add_argument("--quality", type=int, default=95, help="JPEG quality")
+    pack.add_argument("--workers", type=int, default=0, help="encoding processes (0: one per core)")
+    pack.add_argument("--quiet", action="store_true", help="no progress bar")
+    pack.set_defaults(func=_pack)
+
+    shuffle = sub.add_parser("shuffle", help="write a physically shuffled copy (plain layout)")
+    shuffle.add_argument("dir", help="directory holding train.rec/train.idx")
+    shuffle.add_argument("--out", required=True, help="output directory")
+    shuffle.add_argument("--seed", type=int, default=0)
+    shuffle.add_argument("--quiet", action="store_true", help="no progress bar")
+    shuffle.set_defaults(func=_shuffle)
     return parser.parse_args(argv)
 
 

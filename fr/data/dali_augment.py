@@ -1,0 +1,51 @@
+"""The optional augmentations of fr.data.augment as DALI graph operations (names as in `data.augment`)."""
+from __future__ import annotations
+
+from typing import Callable, Dict, Sequence
+
+from fr.data.augment import HUE, P, SATURATION, SCALE, SIGMA
+
+
+def _gate(fn, images, augmented):
+    """Per sample: the augmented image with probability P, else the input (arithmetic select)."""
+    from nvidia.dali import types
+
+    take = fn.cast(fn.random.coin_flip(probability=P), dtype=types.UINT8)
+    keep = 1 - take
+    return fn.cast(images * keep + augmented * take, dtype=types.UINT8)
+
+
+def _down_up(fn, images):
+    from nvidia.dali import types
+
+    scale = fn.random.uniform(range=SCALE)
+    size = fn.cast(images.shape()[0:2], dtype=types.FLOAT)
+    small = fn.resize(images, size=size * scale)
+    return fn.resize(small, size=size)
+
+
+def _blur(fn, images):
+    return fn.gaussian_blur(images, sigma=fn.random.uniform(range=SIGMA))
+
+
+def _hsv(fn, images):
+    return fn.hsv(images, hue=fn.random.uniform(range=(-HUE * 360, HUE * 360)),
+                  saturation=fn.random.uniform(range=SATURATION))
+
+
+def _gray(fn, images):
+    return fn.hsv(images, saturation=0.0)
+
+
+DALI_AUGMENTS: Dict[str, Callable] = {"resize": _down_up, "blur": _blur, "hsv": _hsv, "gray": _gray}
+
+
+def apply_augments(images, names: Sequence[str]):
+    """Chain the named augmentations, each applied to a random P of the samples."""
+    from nvidia.dali import fn
+
+    for name in names:
+        if name not in DALI_AUGMENTS:
+            raise ValueError(f"unknown augmentation {name!r}; choose from {sorted(DALI_AUGMENTS)}")
+        images = _gate(fn, images, DALI_AUGMENTS[name](fn, images))
+    return images

@@ -1,0 +1,172 @@
+"""Record-file checks: a fast header-only scan run before training, and the full `fr-data verify` scan."""
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from fr.data.recordio import MAGIC, IRHeader, IndexedRecordIO, RecordIOError, unpack
+
+log = logging.getLogger(__name__)
+
+_LENGTH_MASK = (1 << 29) - 1
+_HEADER_SIZE = 24
+# Enough for the IRHeader plus a few float labels: header scans never read image bytes.
+_PEEK = 8 + _HEADER_SIZE + 64
+
+
+def read_header_at(fh, offset: int, where: str) -> IRHeader:
+    """Read only the IRHeader (and its labels) of the record at `offset`; RecordIOError when garbled."""
+    fh.seek(offset)
+    head = fh.read(_PEEK)
+    if len(head) < 8:
+        raise RecordIOError(f"{where}: truncated record header at offset {offset}")
+    magic, lrec = struct.unpack_from("<II", head)
+    if magic != MAGIC:
+        raise RecordIOError(f"{where}: bad magic 0x{magic:08x} at offset {offset} (expected 0x{MAGIC:08x})")
+    cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+    if cflag not in (0, 1):
+        raise RecordIOError(f"{where}: record at offset {offset} starts with continuation flag {cflag}")
+    body = head[8:8 + length]
+    flag = struct.unpack_from("<I", body)[0] if len(body) >= 4 else 0
+    need = _HEADER_SIZE + 4 * flag
+    if cflag == 0 and length < need:
+        raise RecordIOError(f"{where}: record at offset {offset} is shorter than its {need}-byte header")
+    if len(body) < min(length, _PEEK - 8):
+        raise RecordIOError(f"{where}: record at offset {offset} announces {length} bytes but the file ends "
+                            f"after {len(body)}")
+    if len(body) < need:
+        # Many labels, or a header split by an escaped magic word: read the whole record.
+        from fr.data.recordio import MXRecordIO
+        with MXRecordIO(fh.name, "r") as rec:
+            rec.handle.seek(offset)
+            return unpack(rec.read())[0]
+    return unpack(bytes(body[:need]))[0]
+
+
+def scan_headers(record: IndexedRecordIO, keys) -> Iterator[Tuple[int, Optional[IRHeader], Optional[str]]]:
+    """(key, header, None) per key, or (key, None, error) for a garbled record; one open file, no decoding."""
+    with open(record.uri, "rb") as fh:
+        for key in keys:
+            offset = record.idx.get(key)
+            if offset is None:
+                yield key, None, f"{record.uri}: key {key} is not in {record.idx_path}"
+                continue
+            try:
+                yield key, read_header_at(fh, offset, f"{record.uri}: record {key}"), None
+            except (RecordIOError, struct.error) as exc:
+                yield key, None, str(exc)
+
+
+def label_of(header: IRHeader) -> int:
+    """The class of an image record: its scalar label, or the first of a multi-label header."""
+    label = header.label
+    return int(float(label) if np.ndim(label) == 0 else float(np.asarray(label).ravel()[0]))
+
+
+@dataclass
+class CheckResult:
+    """What a header scan found: readable image keys with labels, garbled keys, and hard errors."""
+
+    keys: List[int] = field(default_factory=list)
+    labels: List[int] = field(default_factory=list)
+    garbled: Dict[int, str] = field(default_factory=dict)
+    errors: List[str] = field(default_factory=list)
+
+
+def check_records(record: IndexedRecordIO, image_keys: List[int], num_classes: int,
+                  identity_keys: Optional[List[int]] = None) -> CheckResult:
+    """Read every image header (and identity record) and check labels and identity ranges.
+
+    Garbled records are collected (the loader skips them); labels outside `[0, num_classes)` and identity
+    records that disagree with the header are `errors`, each naming the record.
+    """
+    result = CheckResult()
+    for key, header, error in scan_headers(record, image_keys):
+        if error is not None:
+            result.garbled[key] = error
+            continue
+        label = label_of(header)
+        if not 0 <= label < num_classes:
+            result.errors.append(f"{record.uri}: record {key} has label {label}, outside [0, {num_classes})")
+            continue
+        result.keys.append(key)
+        result.labels.append(label)
+    if identity_keys:
+        result.errors.extend(_check_identities(record, image_keys, identity_keys))
+    return result
+
+
+def _check_identities(record: IndexedRecordIO, image_keys: List[int], identity_keys: List[int]) -> List[str]:
+    """Identity record c must hold `[start, end)` ranges that tile the image keys in order."""
+    errors: List[str] = []
+    expected_start = image_keys[0] if image_keys else 1
+    for c, (key, header, error) in enumerate(scan_headers(record, identity_keys)):
+        if error is not None:
+            errors.append(f"identity {c}: {error}")
+            continue
+        labels = np.atleast_1d(np.asarray(header.label, dtype=np.float64))
+        if labels.size < 2:
+            errors.append(f"{record.uri}: identity record {key} (class {c}) has label {labels.tolist()}, "
+                          f"expected [start, end)")
+            continue
+        start, end = int(labels[0]), int(labels[1])
+        if start != expected_start or end <= start:
+            errors.append(f"{record.uri}: identity record {key} (class {c}) holds [{start}, {end}), expected a "
+                          f"non-empty range starting at {expected_start}")
+        expected_start = max(end, expected_start)
+    end_images = image_keys[-1] + 1 if image_keys else 1
+    if not errors and expected_start != end_images:
+        errors.append(f"{record.uri}: identity records end at key {expected_start} but the header announces "
+                      f"images up to key {end_images - 1}")
+    return errors
+
+
+@dataclass
+class VerifyReport:
+    """Result of a full scan: counts and one message per problem."""
+
+    records: int = 0
+    images: int = 0
+    problems: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_dir(root: str, decode: Callable[[bytes], object], progress=None) -> VerifyReport:
+    """Scan every record of `root/train.rec`: structure, headers, labels, identity records, image decode."""
+    from fr.data.datasets import DataError, read_layout, record_paths
+
+    rec_path, idx_path = record_paths(root)
+    record = IndexedRecordIO(idx_path, rec_path, "r")
+    report = VerifyReport(records=len(record.keys))
+    try:
+        layout = read_layout(record)
+    except (DataError, RecordIOError) as exc:
+        report.problems.append(str(exc))
+        return report
+    report.images = len(layout.image_keys)
+    identity_keys = layout.identity_keys
+    check = check_records(record, layout.image_keys, layout.num_classes, identity_keys)
+    report.problems.extend(check.garbled.values())
+    report.problems.extend(check.errors)
+    size = os.path.getsize(rec_path)
+    for key in progress(check.keys) if progress else check.keys:
+        try:
+            _, payload = unpack(record.read_idx(key))
+            decode(payload)
+        except RecordIOError as exc:
+            report.problems.append(f"{rec_path}: record {key}: {exc}")
+        except Exception as exc:  # decoders raise many types for corrupt data
+            report.problems.append(f"{rec_path}: record {key}: cannot decode image ({exc})")
+    bad_offsets = [k for k, off in record.idx.items() if off >= size]
+    report.problems.extend(f"{idx_path}: key {k} points past the end of {rec_path}" for k in bad_offsets
+                           if k not in check.garbled)
+    record.close()
+    return report

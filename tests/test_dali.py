@@ -1,0 +1,135 @@
+"""DALI loader (CPU pipeline) over an unshuffled insightface-layout file: sharding, labels, resume, config."""
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fr.config import DataConfig
+from fr.data.loader import build_loader, resolve_loader_name
+from fr.data.writer import InsightfaceRecordWriter
+from fr.distributed import DistEnv
+
+pytest.importorskip("nvidia.dali")  # a guard only: the `test` extra installs DALI, so CI runs these
+
+IDENTITIES, PER_IDENTITY = 8, 8
+
+
+@pytest.fixture(scope="module")
+def record_dir(tmp_path_factory):
+    """Image k (key k+1) is a flat grey of value 3k, so pixels identify the image and its label k // 8."""
+    root = tmp_path_factory.mktemp("dali")
+    with InsightfaceRecordWriter(str(root)) as writer:
+        for c in range(IDENTITIES):
+            payloads = []
+            for j in range(PER_IDENTITY):
+                buf = io.BytesIO()
+                value = 3 * (c * PER_IDENTITY + j)
+                Image.fromarray(np.full((112, 112, 3), value, np.uint8)).save(buf, format="JPEG", quality=95)
+                payloads.append(buf.getvalue())
+            writer.add_identity(payloads)
+    return root
+
+
+def image_ids(images):
+    return np.round((images[:, 0, 0, 0].numpy() + 1) * 127.5 / 3).astype(int).tolist()
+
+
+def loader_for(root, rank, world=2, batch=4, **kw):
+    cfg = DataConfig(root=str(root), loader="dali", batch_size=batch, num_workers=1, cache_dir=str(root) + "_cache",
+                     **kw)
+    return build_loader(cfg, DistEnv(rank=rank, world_size=world), seed=5)
+
+
+def test_two_shards_yield_every_image_once_per_epoch_with_its_label(record_dir):
+    before = {name: (record_dir / name).read_bytes() for name in os.listdir(record_dir)}
+    loaders = [loader_for(record_dir, rank) for rank in range(2)]
+    assert [len(loader) for loader in loaders] == [8, 8]
+    assert loaders[0].dataset.num_classes == IDENTITIES and len(loaders[0].dataset) == 64
+    orders = []
+    for epoch in range(2):
+        seen = []
+        for loader in loaders:
+            loader.set_epoch(epoch)
+            for images, labels in loader:
+                assert images.dtype == torch.float32 and images.shape == (4, 3, 112, 112)
+                assert labels.dtype == torch.int64
+                assert float(images.min()) >= -1.0 and float(images.max()) <= 1.0
+                ids = image_ids(images)
+                assert labels.tolist() == [k // PER_IDENTITY for k in ids]  # header/identity records never appear
+                seen.extend(ids)
+        assert sorted(seen) == list(range(64))  # every image exactly once over both shards
+        orders.append(seen)
+    assert orders[0] != orders[1]  # epochs reshuffle
+    # the user's files are untouched; the image-only index lives in the cache directory
+    assert {name: (record_dir / name).read_bytes() for name in os.listdir(record_dir)} == before
+
+
+def test_mid_epoch_resume_continues_where_it_stopped(record_dir):
+    reference = loader_for(record_dir, 0)
+    epochs = []
+    for epoch in range(2):
+        reference.set_epoch(epoch)
+        epochs.append([image_ids(x) for x, _ in reference])
+    first = loader_for(record_dir, 0)
+    first.set_epoch(0)
+    list(first)
+    first.set_epoch(1)
+    it = iter(first)
+    head = [image_ids(next(it)[0]) for _ in range(3)]
+    state = first.state_dict()
+    resumed = loader_for(record_dir, 0)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(1)
+    assert head + [image_ids(x) for x, _ in resumed] == epochs[1]
+
+
+def test_uneven_shards_give_equal_batch_counts(record_dir):
+    loaders = [loader_for(record_dir, rank, world=3, batch=5) for rank in range(3)]
+    counts = [sum(1 for _ in loader) for loader in loaders]
+    assert counts == [len(loaders[0])] * 3 == [4] * 3  # 64 // 3 = 21 images per rank -> 4 batches of 5
+
+
+def test_augmentations_and_auto_choice(record_dir):
+    assert resolve_loader_name("auto") == "dali"
+    loader = loader_for(record_dir, 0, augment=["resize", "blur", "hsv", "gray"])
+    images, labels = next(iter(loader))
+    assert images.shape == (4, 3, 112, 112) and labels.shape == (4,)
+
+
+def test_fr_train_runs_on_the_dali_loader(tmp_path, capsys):
+    import json
+
+    from fr.cli.train import main as train_main
+
+    recipe = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "synthetic.py")
+    overrides = {
+        "data.root": str(tmp_path / "data"), "data.loader": "dali", "data.synth.identities": 8,
+        "data.synth.per_identity": 8, "data.synth.holdout_identities": 12, "data.synth.pairs": 40,
+        "data.synth.workers": 1, "data.batch_size": 16, "data.num_workers": 1,
+        "model.kwargs": '{"width": 16, "stem_stride": 2}', "model.embedding_size": 32, "train.max_steps": 5,
+        "train.log_every": 1, "eval.every": 100, "output.dir": str(tmp_path / "run"),
+    }
+    assert train_main([recipe] + [f"{k}={v}" for k, v in overrides.items()]) == 0
+    results = json.load(open(tmp_path / "run" / "results.json"))
+    assert results["steps"] == 5 and results["num_images"] == 64 and results["num_classes"] == 8
+
+
+def test_garbled_records_are_left_out_of_the_dali_index_and_counted(record_dir, tmp_path):
+    from fr.data.recordio import read_index
+
+    root = tmp_path / "garbled"
+    root.mkdir()
+    for name in ("train.rec", "train.idx"):
+        (root / name).write_bytes((record_dir / name).read_bytes())
+    offset = read_index(str(root / "train.idx"))[10]  # image 9
+    with open(root / "train.rec", "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\0\0\0\0")
+    for attempt in range(2):  # the second build reads the cached index and its counts
+        loader = loader_for(root, 0, world=1, batch=9)
+        assert len(loader.dataset) == 63 and loader.skipped == 1 and len(loader) == 7
+    seen = [k for images, _ in loader for k in image_ids(images)]
+    assert sorted(seen) == [k for k in range(64) if k != 9]

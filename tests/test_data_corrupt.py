@@ -1,0 +1,77 @@
+"""Corrupt data: garbled and undecodable records are skipped and counted; bad labels/headers fail early."""
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fr.config import DataConfig
+from fr.data.datasets import DataError, RecordDataset
+from fr.data.loader import build_loader
+from fr.data.recordio import IRHeader, IndexedRecordIO, pack, read_index
+from fr.data.writer import InsightfaceRecordWriter
+from fr.distributed import DistEnv
+
+
+def png(value):
+    buf = io.BytesIO()
+    Image.fromarray(np.full((112, 112, 3), value, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_set(root, payloads_per_identity):
+    with InsightfaceRecordWriter(str(root)) as writer:
+        for payloads in payloads_per_identity:
+            writer.add_identity(payloads)
+
+
+def garble(root, key):
+    """Overwrite the magic word of record `key` in place, as a bit flip on disk would."""
+    offset = read_index(os.path.join(root, "train.idx"))[key]
+    with open(os.path.join(root, "train.rec"), "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\xde\xad\xbe\xef")
+
+
+def test_undecodable_and_garbled_records_are_skipped_and_counted(tmp_path):
+    # identity c's images are filled with value 10*c + j so a wrong label would be visible in the pixels
+    sets = [[png(10 * c + j) for j in range(4)] for c in range(4)]
+    sets[1][2] = b"\xff\xd8 not really a jpeg"
+    write_set(tmp_path, sets)
+    garble(str(tmp_path), 12)  # identity 2, image 3 (keys 1..16)
+    loader = build_loader(DataConfig(root=str(tmp_path), batch_size=2, num_workers=2), DistEnv(), seed=0)
+    assert len(loader.dataset) == 15  # the garbled header is found before training and left out
+    assert loader.skipped == 1
+    seen = 0
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        for images, labels in loader:
+            assert images.shape[0] == 2  # replacements keep every batch full
+            for x, y in zip(images, labels):
+                value = int(round((float(x[0, 0, 0]) + 1) * 127.5))
+                assert value // 10 == int(y)  # the label always belongs to the pixels it comes with
+                assert value != 12  # the undecodable image never appears
+                seen += 1
+    assert seen == 28
+    assert loader.skipped == 1 + 2  # once per epoch for the undecodable image
+    assert loader.stats == {"skipped_records": 3}
+
+
+def test_identity_records_disagreeing_with_header_fail_before_training(tmp_path):
+    rec = IndexedRecordIO(str(tmp_path / "train.idx"), str(tmp_path / "train.rec"), "w")
+    rec.write_idx(0, pack(IRHeader(2, [4.0, 6.0], 0, 0), b""))
+    for key, label in [(1, 0.0), (2, 0.0), (3, 1.0)]:
+        rec.write_idx(key, pack(IRHeader(0, label, key, 0), png(0)))
+    rec.write_idx(4, pack(IRHeader(2, [1.0, 3.0], 0, 0), b""))
+    rec.write_idx(5, pack(IRHeader(2, [2.0, 4.0], 0, 0), b""))  # overlaps identity 0
+    rec.close()
+    with pytest.raises(DataError, match="identity record 5 .class 1. holds .2, 4., expected .* starting at 3"):
+        RecordDataset(str(tmp_path))
+
+
+def test_every_record_unreadable_is_an_error_not_a_hang(tmp_path):
+    write_set(tmp_path, [[b"junk", b"junk"]])
+    dataset = RecordDataset(str(tmp_path))
+    with pytest.raises(DataError, match="consecutive records .* unreadable"):
+        dataset.load(0)
