@@ -69,3 +69,45 @@ def test_odd_bin_is_a_clear_error(run_dir, capsys):
     assert eval_main(["verify", "--checkpoint", str(path), "--bin", str(path / "odd.bin")]) == 2
     err = capsys.readouterr().err.strip()
     assert "odd.bin" in err and "\n" not in err
+
+
+def test_verify_data_dir_targets(run_dir, capsys):
+    path, *_ = run_dir
+    os.replace(path / "pairs.bin", path / "lfw.bin")
+    out = path / "t.json"
+    assert eval_main(["verify", "--checkpoint", str(path), "--data-dir", str(path), "--targets", "lfw",
+                      "--json", str(out)]) == 0
+    assert list(json.load(open(out))["results"]) == ["lfw"]
+    assert eval_main(["verify", "--checkpoint", str(path), "--data-dir", str(path)]) == 2  # cfp_fp.bin absent
+    assert "cfp_fp.bin" in capsys.readouterr().err
+    assert eval_main(["verify", "--checkpoint", str(path)]) == 2
+    assert "--data-dir" in capsys.readouterr().err
+
+
+def test_onnx_model_gives_the_pytorch_accuracy(run_dir):
+    pytest.importorskip("onnxruntime")
+    import warnings
+
+    path, model, *_ = run_dir
+    onnx_path = path / "model.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(model, torch.randn(2, 3, 112, 112), str(onnx_path), input_names=["images"],
+                          output_names=["embeddings"], dynamic_axes={"images": {0: "b"}, "embeddings": {0: "b"}},
+                          dynamo=False)
+    results = {}
+    for name, ckpt in (("torch", str(path)), ("onnx", str(onnx_path))):
+        out = path / f"{name}.json"
+        assert eval_main(["verify", "--checkpoint", ckpt, "--bin", str(path / "pairs.bin"), "--json", str(out)]) == 0
+        results[name] = json.load(open(out))["results"]["pairs"]
+    assert results["onnx"]["accuracy"] == results["torch"]["accuracy"]
+    assert results["onnx"]["xnorm"] == pytest.approx(results["torch"]["xnorm"], rel=1e-4)
+
+
+def test_bad_onnx_file_is_a_clear_error(run_dir, capsys):
+    pytest.importorskip("onnxruntime")
+    path, *_ = run_dir
+    (path / "bad.onnx").write_bytes(b"not a model")
+    assert eval_main(["verify", "--checkpoint", str(path / "bad.onnx"), "--bin", str(path / "pairs.bin")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bad.onnx" in err and "\n" not in err
