@@ -6,7 +6,11 @@ EXTRAS = {
     "deepspeed": ["deepspeed"],
     "ray": ["ray[tune]"],
     "onnx": ["onnx", "onnxruntime"],
-    "test": ["pytest>=7", "pytest-timeout", "scikit-learn"],
+    "plot": ["matplotlib"],  # fr-eval ijb --plot
+    # CI runs DALI's CPU pipeline tests: ~30 s more to install here (about 0.8 GB unpacked).
+    # onnx/onnxruntime/matplotlib: the evaluation tests run ONNX models and write the IJB ROC plot.
+    "test": ["pytest>=7", "pytest-timeout", "scikit-learn", "nvidia-dali-cuda120", "onnx", "onnxruntime",
+             "matplotlib"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
@@ -24,6 +28,7 @@ setup(
         "pillow>=9",
         "tensorboard>=2.12",
         "tqdm>=4.60",
+        "simplejpeg>=1.6",  # the torch path's JPEG decoder, 2.5x Pillow here (Pillow remains the fallback)
     ],
     extras_require=EXTRAS,
     entry_points={
