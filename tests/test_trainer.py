@@ -107,3 +107,33 @@ def test_adamw_uses_the_configured_betas_and_decay():
     assert isinstance(opt, torch.optim.AdamW)
     group = opt.param_groups[0]
     assert group["betas"] == (0.8, 0.95) and group["weight_decay"] == 0.05 and group["lr"] == 1e-3
+
+
+def test_loader_and_loss_statistics_reach_the_logs():
+    """SFace's intra/inter terms and the loader's skipped-record count are logged with the loss."""
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(12, D))
+    head = PartialFC(build_loss("sface"), D, CLASSES, env=DistEnv(), seed=1)
+    images, labels = data()
+
+    class Loader(list):
+        stats = {"skipped_records": 3}
+
+        def set_epoch(self, epoch):
+            pass
+
+    opt = torch.optim.SGD(list(backbone.parameters()) + list(head.parameters()), lr=0.1)
+    logged = {}
+
+    class Metrics(MetricLogger):
+        def scalars(self, step, values):
+            logged.update(values)
+
+    metrics = Metrics(None, 8, 1, enabled=True)
+    trainer = Trainer(backbone, backbone, head, Loader([(images, labels)]), opt,
+                      torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), DistEnv(), 1, metrics, 1)
+    trainer.fit()
+    assert logged["data/skipped_records"] == 3.0
+    stats = head.margin_loss.last_stats
+    assert {f"loss/{k}" for k in stats} <= set(logged) and {"intra", "inter"} <= set(stats)
+    assert logged["loss/intra"] == pytest.approx(stats["intra"])

@@ -40,8 +40,8 @@ class MetricLogger:
         self._loss_count += 1
         self._window_steps += 1
 
-    def log(self, step: int, epoch: int, lr: float) -> Dict[str, float]:
-        """Emit the averages since the last call; returns them (also on non-main ranks)."""
+    def log(self, step: int, epoch: int, lr: float, extra: Optional[Dict[str, float]] = None) -> Dict[str, float]:
+        """Emit the averages since the last call, plus `extra` scalars (tag -> value); returns the averages."""
         now = time.perf_counter()
         elapsed = max(now - self._window_start, 1e-9)
         throughput = self._window_steps * self.global_batch / elapsed
@@ -49,10 +49,12 @@ class MetricLogger:
         eta = seconds_per_step * max(self.total_steps - step, 0)
         loss = self._loss_sum / max(self._loss_count, 1)
         stats = {"loss": loss, "lr": lr, "samples_per_sec": throughput}
+        extra = extra or {}
         if self.enabled:
-            log.info("step %d/%d epoch %d  loss %.4f  lr %.5f  %.1f samples/s  eta %s",
-                     step, self.total_steps, epoch, loss, lr, throughput, format_duration(eta))
-            self.scalars(step, {"train/loss": loss, "train/lr": lr, "train/samples_per_sec": throughput})
+            details = "".join(f"  {tag.split('/')[-1]} {value:.4g}" for tag, value in extra.items())
+            log.info("step %d/%d epoch %d  loss %.4f  lr %.5f  %.1f samples/s  eta %s%s",
+                     step, self.total_steps, epoch, loss, lr, throughput, format_duration(eta), details)
+            self.scalars(step, {"train/loss": loss, "train/lr": lr, "train/samples_per_sec": throughput, **extra})
         self._loss_sum, self._loss_count, self._window_steps = 0.0, 0, 0
         self._window_start = now
         return stats

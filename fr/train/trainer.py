@@ -87,6 +87,17 @@ class Trainer:
                                      f"check the data (no checkpoint was written for this step)")
         return value
 
+    def extra_scalars(self) -> Dict[str, float]:
+        """Optional statistics that components expose: the loader's skipped-record count (`stats`) and a
+        loss's own terms (`last_stats`, e.g. SFace's intra/inter parts). Duck-typed, so the loop stays generic."""
+        values: Dict[str, float] = {}
+        for tag, value in (getattr(self.loader, "stats", None) or {}).items():
+            values[f"data/{tag}"] = float(value)
+        margin_loss = getattr(self.head, "margin_loss", None)
+        for tag, value in (getattr(margin_loss, "last_stats", None) or {}).items():
+            values[f"loss/{tag}"] = float(value)
+        return values
+
     def run_evaluation(self) -> None:
         if self.evaluate is None:
             return
@@ -102,7 +113,8 @@ class Trainer:
                 state.step += 1
                 self.metrics.update(state.last_loss)
                 if state.step % self.log_every == 0 or state.step == self.total_steps:
-                    stats = self.metrics.log(state.step, state.epoch, self.scheduler.get_last_lr()[0])
+                    stats = self.metrics.log(state.step, state.epoch, self.scheduler.get_last_lr()[0],
+                                             self.extra_scalars())
                     state.history["loss"].append((state.step, stats["loss"]))
                     state.history["samples_per_sec"].append((state.step, stats["samples_per_sec"]))
                 if self.eval_every and state.step % self.eval_every == 0 and state.step < self.total_steps:
