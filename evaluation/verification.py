@@ -14,9 +14,11 @@ Counts come from binary search over sorted distances, so 6,000 pairs take millis
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from evaluation.metrics import Roc, auc, roc_curve
 
 ACC_THRESHOLDS = np.arange(0, 4, 0.01)
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)
@@ -35,6 +37,8 @@ class VerificationResult:
     val: float
     val_std: float
     far: float
+    roc: Optional[Roc] = None  # over all pairs, score = -distance; None when all pairs share one label
+    auc: float = float("nan")
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain floats and lists, ready for `json.dumps`."""
@@ -47,6 +51,7 @@ class VerificationResult:
             "val": float(self.val),
             "val_std": float(self.val_std),
             "far": float(self.far),
+            "auc": float(self.auc) if np.isfinite(self.auc) else None,  # JSON has no NaN
         }
 
 
@@ -185,6 +190,8 @@ def evaluate(embeddings: Any, issame: Sequence[bool], nrof_folds: int = 10) -> V
     folds = kfold_slices(n, nrof_folds)
     accuracies, thresholds = _accuracy_folds(dist, same, folds)
     vals, fars = _val_folds(dist, same, folds, FAR_TARGET)
+    # A smaller distance means "same", so the ROC's score is the negated distance.
+    roc = roc_curve(-dist, same) if 0 < same.sum() < n else None
     return VerificationResult(
         fold_accuracies=accuracies,
         accuracy=float(np.mean(accuracies)),
@@ -194,4 +201,6 @@ def evaluate(embeddings: Any, issame: Sequence[bool], nrof_folds: int = 10) -> V
         val=float(np.mean(vals)),
         val_std=float(np.std(vals)),
         far=float(np.mean(fars)),
+        roc=roc,
+        auc=auc(roc.fpr, roc.tpr) if roc is not None else float("nan"),
     )

@@ -253,7 +253,7 @@ def test_to_dict_is_json_serialisable():
     emb, issame = random_pairs(100, 8, seed=1)
     result = evaluate(emb, issame)
     d = json.loads(json.dumps(result.to_dict()))
-    assert set(d) == {"accuracy", "std", "fold_accuracies", "best_thresholds", "xnorm", "val", "val_std", "far"}
+    assert set(d) == {"accuracy", "std", "fold_accuracies", "best_thresholds", "xnorm", "val", "val_std", "far", "auc"}
     assert d["accuracy"] == result.accuracy and len(d["fold_accuracies"]) == 10
     assert isinstance(result, VerificationResult)
     with pytest.raises(AttributeError):
@@ -365,3 +365,21 @@ def test_verify_bin_end_to_end(tmp_path):
     # Same pairs are pixel-identical (distance 0), different ones are not: perfectly separable.
     assert result.accuracy == 1.0
     np.testing.assert_allclose(result.best_thresholds, 0.01)
+
+
+def test_roc_and_auc_match_sklearn_on_negated_distances():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(5)
+    emb = rng.normal(size=(400, 16))
+    emb[1::2] += 2.0 * emb[0::2] * (rng.random(200) < 0.5)[:, None]
+    issame = np.zeros(200, bool)
+    issame[: 100] = True
+    rng.shuffle(issame)
+    emb[1::2][issame] = emb[0::2][issame] + 0.8 * rng.normal(size=(100, 16))
+    result = evaluate(emb, issame)
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    dist = ((unit[0::2] - unit[1::2]) ** 2).sum(1)
+    assert result.auc == pytest.approx(roc_auc_score(issame, -dist), abs=1e-12)
+    assert result.roc.fpr[0] == 0.0 and result.roc.tpr[-1] == 1.0
+    assert result.to_dict()["auc"] == pytest.approx(result.auc)

@@ -63,9 +63,10 @@ def _verify(args: argparse.Namespace) -> int:
         for path in paths:
             name = os.path.splitext(os.path.basename(path))[0]
             rows[name] = verify_bin(model, path, batch_size=args.batch_size, device=device).to_dict()
-    print(f"{'set':<16}{'accuracy':>10}{'std':>10}{'xnorm':>10}")
+    print(f"{'set':<16}{'accuracy':>10}{'std':>10}{'xnorm':>10}{'TAR@1e-3':>10}{'AUC':>10}")
     for name, row in rows.items():
-        print(f"{name:<16}{row['accuracy']:>10.5f}{row['std']:>10.5f}{row['xnorm']:>10.3f}")
+        print(f"{name:<16}{row['accuracy']:>10.5f}{row['std']:>10.5f}{row['xnorm']:>10.3f}"
+              f"{row['val']:>10.5f}{row['auc'] if row['auc'] is not None else float('nan'):>10.5f}")
     if args.json:
         _write_json(args.json, {"checkpoint": args.checkpoint, "results": rows})
     return 0
