@@ -402,7 +402,6 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
 
 def save_config(cfg: Config, path: str) -> None:
     """Write the resolved config as JSON (atomically), loadable again with load_file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(cfg.to_json() + "\n")
-    os.replace(tmp, path)
+    from fr.fileio import atomic_write_text
+
+    atomic_write_text(path, cfg.to_json() + "\n")

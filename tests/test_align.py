@@ -1,7 +1,6 @@
 """5-point alignment: Umeyama recovers a known similarity, and the warp undoes it on a real image."""
 import numpy as np
 import pytest
-from PIL import Image
 
 from evaluation.align import ARCFACE_TEMPLATE, align_face, invert_affine, similarity_transform, warp_affine
 

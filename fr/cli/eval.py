@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import List, Optional
 
 from fr.cli.common import run_cli, setup_logging
+from fr.fileio import atomic_write, atomic_write_json
 
 VERIFY_TARGETS = "lfw,cfp_fp,agedb_30,calfw,cplfw"
 
@@ -30,11 +30,7 @@ def _load_model(args: argparse.Namespace, device=None):
 
 
 def _write_json(path: str, payload: dict) -> None:
-    """Atomic JSON write."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2)
-    os.replace(tmp, path)
+    atomic_write_json(path, payload)
 
 
 def _bin_paths(args: argparse.Namespace) -> List[str]:
@@ -102,9 +98,7 @@ def _ijb_features(args: argparse.Namespace, meta):
     if raw is None:  # not rank 0: its part is done
         return None
     if args.save_features:
-        tmp = args.save_features + ".tmp.npy"
-        np.save(tmp, raw)
-        os.replace(tmp, args.save_features)
+        atomic_write(args.save_features, lambda fh: np.save(fh, raw))
     return raw
 
 

@@ -11,7 +11,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
@@ -22,6 +21,7 @@ from fr.data.datasets import DataError, checked_keys, read_layout, record_paths
 from fr.data.recordio import IndexedRecordIO, unpack
 from fr.data.loader import normalize
 from fr.distributed import DistEnv
+from fr.fileio import atomic_write_text
 
 
 log = logging.getLogger(__name__)
@@ -54,19 +54,12 @@ def filtered_index(root: str, num_classes: int = 0, cache_dir: str = "") -> Tupl
             return out, counts["images"], classes, counts["garbled"]
         keys, garbled = checked_keys(record, layout, classes)
         # Ranks may race to write the same index: each writes its own temporary file and renames it.
-        _write_atomic(directory, counts_path, json.dumps({"images": len(keys), "garbled": garbled}))
-        _write_atomic(directory, out, "".join(f"{key}\t{record.idx[key]}\n" for key in keys))
+        atomic_write_text(counts_path, json.dumps({"images": len(keys), "garbled": garbled}))
+        atomic_write_text(out, "".join(f"{key}\t{record.idx[key]}\n" for key in keys))
         log.info("wrote the image-only index %s (%d images)", out, len(keys))
         return out, len(keys), classes, garbled
     finally:
         record.close()
-
-
-def _write_atomic(directory: str, path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".partial")
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def _default_cache_dir(root: str) -> str:

@@ -84,7 +84,8 @@ class MarginLoss(nn.Module):
 
     def target_logit(self, cos_target: torch.Tensor, ctx: Optional[MarginContext] = None) -> torch.Tensor:
         """The target cosine after the margin (before scaling), elementwise."""
-        raise NotImplementedError
+        # Subclasses define this or override forward; reaching the base means neither was done.
+        raise TypeError(f"{type(self).__name__} must define target_logit(cos, ctx) or override forward")
 
     def forward(self, cos_logits: torch.Tensor, labels: torch.Tensor,
                 ctx: Optional[MarginContext] = None) -> torch.Tensor:

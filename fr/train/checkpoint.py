@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
 
 from fr.config import Config, ConfigError, load_file
+from fr.fileio import atomic_write
 
 
 class CheckpointError(ValueError):
@@ -20,19 +20,7 @@ def atomic_save(obj: Any, path: str) -> None:
 
     A crash at any moment leaves either the previous file or the new one, never a truncated one.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def unwrap(model: nn.Module) -> nn.Module:

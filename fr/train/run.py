@@ -1,7 +1,6 @@
 """Builds a training run from a Config (data, backbone, Partial FC head, optimizer, hooks) and runs it."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -15,6 +14,7 @@ from torch import nn
 from fr.config import Config, save_config
 from fr.data.loader import build_loader
 from fr.distributed import DistEnv, barrier, init_distributed
+from fr.fileio import atomic_write_json
 from fr.heads import PartialFC, build_loss, build_sparse_optimizer
 from fr.models import build_backbone
 from fr.train.checkpoint import atomic_save, backbone_state_dict
@@ -128,10 +128,7 @@ def train(cfg: Config, env: Optional[DistEnv] = None) -> Dict[str, Any]:
             "verification_untrained": untrained, "verification": final,
             "history": state.history, "checkpoint": os.path.join(out_dir, "model.pt"),
         }
-        tmp = os.path.join(out_dir, "results.json.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(results, fh, indent=2)
-        os.replace(tmp, os.path.join(out_dir, "results.json"))
+        atomic_write_json(os.path.join(out_dir, "results.json"), results)
         for name in final:
             before = untrained.get(name, {}).get("accuracy")
             log.info("%s: accuracy untrained %s -> trained %.4f", name,
