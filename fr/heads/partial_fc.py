@@ -9,13 +9,16 @@ from torch import nn
 
 from fr.distributed import DistEnv, all_gather_no_grad, all_gather_with_grad, all_reduce, env_from_group
 from fr.heads.cosine import cosine_logits
-from fr.heads.margins import MarginContext
+from fr.heads.fused import fused_margin_softmax_ce
+from fr.heads.margins import ArcFace, CombinedMargin, CosFace, MarginContext
 from fr.heads.objectives import get_objective
 from fr.heads.seeding import mix_seed
 
 # Stream tags keep the weight-init and sampling generators apart for the same (seed, rank).
 _INIT_STREAM = 1
 _SAMPLE_STREAM = 2
+# Margins that change only the target cosine, through target_logit alone (no ctx): the fused path serves them.
+_FUSABLE_MARGINS = (ArcFace, CosFace, CombinedMargin)
 UPDATE_MODES = ("dense", "sparse")
 
 
@@ -34,7 +37,9 @@ class PartialFC(nn.Module):
     from all ranks, so every rank must pass the same b each step (drop the last incomplete batch); this,
     and labels in [0, num_classes), is checked with one small collective. Cosine logits against the local
     shard go through `margin_loss` in fp32 and then the objective it names (softmax CE by default), whose
-    loss is the mean over the global batch and identical on every rank.
+    loss is the mean over the global batch and identical on every rank. ArcFace, CosFace and CombinedMargin
+    in fp32 without inter-class filtering take `fused_margin_softmax_ce` instead: the same maths in fewer
+    passes over the [B, k] logits, whose backward can run only once per forward.
 
     With sample_rate < 1, in training mode, each step keeps every local class that is a target in the
     global batch plus uniformly drawn other local classes, int(sample_rate * num_local) in all (more if the
@@ -76,6 +81,7 @@ class PartialFC(nn.Module):
         self.update = update
         self.interclass_filtering_threshold = threshold
         self._sparse_pending: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        self._spare_rows: Optional[torch.Tensor] = None
         self.objective = get_objective(getattr(margin_loss, "objective", "softmax_ce"))
         self.env = env
         self.embedding_size = int(embedding_size)
@@ -112,6 +118,10 @@ class PartialFC(nn.Module):
         self.last_sampled = index
         weight = self._rows(index, sampling)
 
+        if self._fusable(embeddings, weight):
+            margin = self.margin_loss
+            return fused_margin_softmax_ce(F.normalize(embeddings), weight, local_target,
+                                           lambda cos: margin.target_logit(cos), margin.s, self.env)
         norms = embeddings.float().norm(dim=1)
         # fp32 out of a matmul that may run in half precision under autocast: margins and reductions want fp32.
         cos = cosine_logits(F.normalize(embeddings), weight)
@@ -126,10 +136,26 @@ class PartialFC(nn.Module):
             return self.objective(logits, local_target, self.env)
         return reduce(logits, local_target, ctx)
 
+    def _fusable(self, embeddings: torch.Tensor, weight: torch.Tensor) -> bool:
+        """Whether this step can take the fused fp32 margin + softmax CE path (same maths, fewer [B, k] passes)."""
+        return (type(self.margin_loss) in _FUSABLE_MARGINS and not self.interclass_filtering_threshold
+                and weight.shape[0] > 0 and weight.dtype == torch.float32 and embeddings.dtype == torch.float32
+                and not torch.is_autocast_enabled(weight.device.type))
+
     def _rows(self, index: torch.Tensor, sampling: bool) -> torch.Tensor:
         """The class centres taking part this step (see the class docstring for the two update modes)."""
         if self.update == "sparse" and self.training and torch.is_grad_enabled():
-            rows = self.weight.detach().index_select(0, index).requires_grad_(True)
+            # Once the optimizer has consumed the last step's rows, their storage is reused: a fresh [k, D]
+            # buffer each step costs as much in page faults as the gather itself.
+            spare = self._spare_rows if not self._sparse_pending else None
+            self._spare_rows = None
+            if (spare is not None and spare.shape == (index.shape[0], self.weight.shape[1])
+                    and spare.dtype == self.weight.dtype and spare.device == self.weight.device):
+                rows = torch.index_select(self.weight.detach(), 0, index, out=spare).detach()
+            else:
+                rows = self.weight.detach().index_select(0, index)
+            rows.requires_grad_(True)
+            self._spare_rows = rows.detach()
             self._sparse_pending.append((index, rows))
             return rows
         return self.weight.index_select(0, index) if sampling else self.weight
@@ -138,7 +164,8 @@ class PartialFC(nn.Module):
         """(row indices, their summed gradient) since the last call, for `SparseRowSGD`; None if no gradient.
 
         with_rows=True adds the rows' values as of the forward (None after several forwards), which saves
-        the optimizer a [k, D] gather; they equal `weight[index]` unless the weight changed since.
+        the optimizer a [k, D] gather; they equal `weight[index]` unless the weight changed since, and are
+        the caller's to overwrite but only until the next training forward, which reuses their storage.
         """
         pending = [(i, r.grad, r.detach()) for i, r in self._sparse_pending if r.grad is not None]
         self._sparse_pending = []

@@ -43,18 +43,24 @@ class SparseRowSGD(torch.optim.SGD):
     def _update_rows(self, weight: torch.Tensor, index: torch.Tensor, grad: torch.Tensor,
                      rows: Optional[torch.Tensor]) -> None:
         group = self._group_of(weight)
-        # The forward's copy of the rows is ours to update in place (saves a [k, D] gather).
-        rows = weight.index_select(0, index) if rows is None else rows
-        # In place: the row gradient is ours to consume, and each [k, D] temporary is large at millions of classes.
-        step = grad.add_(rows, alpha=group["weight_decay"]) if group["weight_decay"] else grad
+        # In place: the row gradient and the forward's copy of the rows (equal to weight[index]) are ours to
+        # consume, and each [k, D] buffer or pass is large at millions of classes.
+        step = grad
+        if group["weight_decay"]:
+            rows = weight.index_select(0, index) if rows is None else rows
+            step = grad.add_(rows, alpha=group["weight_decay"])
         if group["momentum"]:
             state = self.state[weight]
             if state.get("momentum_buffer") is None:
                 state["momentum_buffer"] = torch.zeros_like(weight)
             buf = state["momentum_buffer"]
-            step = buf.index_select(0, index).mul_(group["momentum"]).add_(step)
+            # The rows are spent, so their storage takes the momentum rows: one [k, D] buffer less at the peak.
+            buf_rows = buf.index_select(0, index) if rows is None else torch.index_select(buf, 0, index, out=rows)
+            # d + momentum*buf in one pass (torch's SGD takes two, momentum*buf then + d; same up to rounding).
+            step = step.add_(buf_rows, alpha=group["momentum"])
             buf.index_copy_(0, index, step)
-        weight.index_copy_(0, index, rows.add_(step, alpha=-group["lr"]))
+        # Moves weight[index] in one pass instead of a row update and a copy back.
+        weight.index_add_(0, index, step, alpha=-group["lr"])
 
 
 def build_sparse_optimizer(param_groups: Iterable, heads: Sequence[nn.Module], cfg) -> SparseRowSGD:
