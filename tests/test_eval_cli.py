@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from onnx_export import export_onnx
+
 from evaluation.bin_format import encode_png, write_bin
 from evaluation.verification import evaluate
 from fr.cli.eval import main as eval_main
@@ -86,15 +88,10 @@ def test_verify_data_dir_targets(run_dir, capsys):
 
 def test_onnx_model_gives_the_pytorch_accuracy(run_dir):
     pytest.importorskip("onnxruntime")
-    import warnings
 
     path, model, *_ = run_dir
     onnx_path = path / "model.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(model, torch.randn(2, 3, 112, 112), str(onnx_path), input_names=["images"],
-                          output_names=["embeddings"], dynamic_axes={"images": {0: "b"}, "embeddings": {0: "b"}},
-                          dynamo=False)
+    export_onnx(model, onnx_path)
     results = {}
     for name, ckpt in (("torch", str(path)), ("onnx", str(onnx_path))):
         out = path / f"{name}.json"

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dense_check import check_against_dense
 from dist_utils import run_distributed
 from fr.distributed import DistEnv, env_from_group
 from fr.heads import (ArcFace, CosFace, DistributedSoftmaxCrossEntropy, PartialFC, build_loss,
@@ -131,25 +132,7 @@ def _worker_bad_batches(rank, world_size):
 
 def _check_against_dense(results, labels, name, where):
     """Loss and per-rank gradient slices equal the dense reference over the (sampled) classes."""
-    labels = torch.tensor(labels)
-    weight = torch.cat([r["weight"] for r in results])
-    embeddings = torch.cat([r["emb"] for r in results])
-    kept = torch.cat([r["sampled"] + r["class_start"] for r in results])
-    remap = torch.full((weight.shape[0],), -1, dtype=torch.long)
-    remap[kept] = torch.arange(len(kept))
-    assert (remap[labels] >= 0).all(), f"{where}: a positive class was not sampled"
-    ref_loss, ref_emb_grad, ref_w_grad = dense_reference(embeddings, weight[kept], remap[labels], name)
-    full_w_grad = torch.zeros_like(weight, dtype=torch.float64)
-    full_w_grad[kept] = ref_w_grad
-    for rank, r in enumerate(results):
-        assert r["loss"] == pytest.approx(ref_loss, rel=1e-5), f"{where} rank {rank}: loss"
-        rows = slice(rank * B_PER_RANK, (rank + 1) * B_PER_RANK)
-        expected_emb = ref_emb_grad[rows].float()
-        torch.testing.assert_close(r["emb_grad"], expected_emb, rtol=1e-4, atol=1e-5 * expected_emb.abs().max(),
-                                   msg=lambda m: f"{where} rank {rank} embedding grad: {m}")
-        expected_w = full_w_grad[r["class_start"]:r["class_start"] + r["num_local"]].float()
-        torch.testing.assert_close(r["weight_grad"], expected_w, rtol=1e-4, atol=1e-5 * expected_w.abs().max(),
-                                   msg=lambda m: f"{where} rank {rank} weight grad: {m}")
+    check_against_dense(results, labels, lambda e, w, t: dense_reference(e, w, t, name), where, B_PER_RANK)
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dense_check import check_against_dense
 from dist_utils import run_distributed
 from fr.distributed import env_from_group
 from fr.heads import MarginContext, PartialFC, build_loss
@@ -149,25 +150,8 @@ def results(request):
 
 
 def _check_against_dense(per_rank, case, labels, where):
-    labels = torch.tensor(labels)
-    weight = torch.cat([r["weight"] for r in per_rank])
-    embeddings = torch.cat([r["emb"] for r in per_rank])
-    kept = torch.cat([r["sampled"] + r["class_start"] for r in per_rank])
-    remap = torch.full((weight.shape[0],), -1, dtype=torch.long)
-    remap[kept] = torch.arange(len(kept))
-    assert (remap[labels] >= 0).all(), f"{where}: a positive class was not sampled"
-    ref_loss, ref_emb_grad, ref_w_grad = dense_reference(case, embeddings, weight[kept], remap[labels], per_rank[0])
-    full_w_grad = torch.zeros_like(weight, dtype=torch.float64)
-    full_w_grad[kept] = ref_w_grad
-    for rank, r in enumerate(per_rank):
-        assert r["loss"] == pytest.approx(ref_loss, rel=1e-5, abs=1e-5), f"{where} rank {rank}: loss"
-        rows = slice(rank * B_PER_RANK, (rank + 1) * B_PER_RANK)
-        expected_emb = ref_emb_grad[rows].float()
-        torch.testing.assert_close(r["emb_grad"], expected_emb, rtol=1e-4, atol=1e-5 * ref_emb_grad.abs().max().item(),
-                                   msg=lambda m: f"{where} rank {rank} embedding grad: {m}")
-        expected_w = full_w_grad[r["class_start"]:r["class_start"] + r["num_local"]].float()
-        torch.testing.assert_close(r["weight_grad"], expected_w, rtol=1e-4, atol=1e-5 * full_w_grad.abs().max().item(),
-                                   msg=lambda m: f"{where} rank {rank} weight grad: {m}")
+    check_against_dense(per_rank, labels, lambda e, w, t: dense_reference(case, e, w, t, per_rank[0]), where,
+                        B_PER_RANK, loss_abs=1e-5, global_atol=True)
 
 
 def test_every_loss_matches_dense_reference(results):

@@ -5,6 +5,8 @@ import os
 import numpy as np
 import pytest
 import torch
+
+from onnx_export import export_onnx
 from PIL import Image
 
 from evaluation.align import ARCFACE_TEMPLATE, align_face, warp_affine
@@ -330,15 +332,10 @@ def test_pair_file_parsing_and_errors(tmp_path):
 
 def test_ijb_with_an_onnx_model_matches_pytorch(layout, tmp_path):
     pytest.importorskip("onnxruntime")
-    import warnings
 
     root, run, model, *_ = layout
     onnx_path = tmp_path / "model.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(model, torch.randn(2, 3, 112, 112), str(onnx_path), input_names=["images"],
-                          output_names=["embeddings"], dynamic_axes={"images": {0: "b"}, "embeddings": {0: "b"}},
-                          dynamo=False)
+    export_onnx(model, onnx_path)
     got = {}
     for name, ckpt in (("torch", str(run)), ("onnx", str(onnx_path))):
         out = tmp_path / f"{name}.json"
