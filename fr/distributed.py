@@ -1,6 +1,7 @@
 """Process-group setup, device choice and autograd-aware collectives; the only reader of RANK/WORLD_SIZE."""
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -83,7 +84,10 @@ def env_from_group(device: Optional[torch.device] = None) -> DistEnv:
 
 
 def cleanup() -> None:
+    """Leave the process group, after freeing unreachable DDP wrappers: a reducer that outlives its group
+    can abort the process at exit ("terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -25,6 +25,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from fr.distributed import cleanup
+
 _PORT_ATTEMPTS = 3
 
 
@@ -43,7 +45,7 @@ def _worker(rank: int, fn: Callable[..., Any], world_size: int, port: int, out_d
     # On failure the exception propagates without tearing the group down: a destroy could wait on peers
     # still inside a collective, and mp.spawn terminates them anyway.
     result = fn(rank, world_size, *args)
-    dist.destroy_process_group()
+    cleanup()
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
