@@ -88,6 +88,8 @@ class TrainConfig:
     threads: int = 0               # torch intra-op threads per process; 0 = torch's default
     exact_backbone_grad: bool = False  # True: backbone gets the exact global-batch gradient at any world size
     channels_last: bool = False    # NHWC memory format for the backbone (faster convs on CPU and tensor cores)
+    resume: str = ""               # "" = fresh run; "auto" = continue from output.dir's last checkpoint if any;
+                                   # or a run dir / its checkpoints dir / one step_* dir to continue from
 
 
 @dataclass
@@ -102,6 +104,9 @@ class EvalConfig:
 class OutputConfig:
     dir: str = "work_dirs/run"
     tensorboard: bool = True
+    save_state: bool = True        # write resumable checkpoints (all ranks' state) under <dir>/checkpoints
+    checkpoint_every: int = 0      # steps between resumable checkpoints; 0 = at the end of every epoch
+    keep_checkpoints: int = 1      # newest checkpoints kept; older ones are deleted once a newer one is whole
 
 
 @dataclass
@@ -155,7 +160,8 @@ def validate(cfg: Config) -> Config:
         if get_value(cfg, key) <= 0:
             raise ConfigError(f"{key} must be > 0, got {get_value(cfg, key)}")
     for key in ["data.num_classes", "data.num_workers", "train.max_steps", "eval.every", "optim.warmup_epochs",
-                "optim.weight_decay", "optim.clip_grad_norm", "train.threads", "data.synth.workers"]:
+                "optim.weight_decay", "optim.clip_grad_norm", "train.threads", "data.synth.workers",
+                "output.checkpoint_every"]:
         if get_value(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {get_value(cfg, key)}")
     if cfg.partial_fc.update == "sparse" and cfg.optim.name != "sgd":
@@ -169,6 +175,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     if cfg.train.epochs <= 0 and cfg.train.max_steps <= 0:
         raise ConfigError("train.epochs or train.max_steps must be > 0")
+    if cfg.output.keep_checkpoints < 1:
+        raise ConfigError(f"output.keep_checkpoints must be >= 1, got {cfg.output.keep_checkpoints}")
     if cfg.train.log_every <= 0:
         raise ConfigError(f"train.log_every must be > 0, got {cfg.train.log_every}")
     if not cfg.data.root:

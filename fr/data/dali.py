@@ -181,7 +181,11 @@ class DaliLoader:
         return images, _to_torch(labels, self.device).view(-1).long()
 
     def state_dict(self) -> Dict[str, object]:
-        return {"epoch": self.epoch, "consumed": self._consumed, "dali_checkpoint": self._epoch_checkpoint}
+        # Between epochs the reader already stands at the next epoch's start: checkpoint that position,
+        # not the finished epoch's start (which would replay the finished epoch).
+        at_boundary = self._consumed == 0
+        return {"epoch": self.epoch, "consumed": self._consumed,
+                "dali_checkpoint": self.pipe.checkpoint() if at_boundary else self._epoch_checkpoint}
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         """Rebuild the pipeline at the checkpointed epoch start and skip the batches already consumed."""

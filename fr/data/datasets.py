@@ -134,8 +134,10 @@ class RecordDataset(torch.utils.data.Dataset):
             raise DataError(f"{self.record.uri}: record {key} has label {label}, outside [0, {self.num_classes})")
         return decode_image(payload, self.image_size, f"{self.record.uri}: record {key}", self.decode), label
 
-    def load(self, index: int) -> Tuple[torch.Tensor, int, int]:
-        """(uint8 CHW, label, records skipped): a bad record is logged and replaced by the next good one."""
+    def load(self, index: int, seed: Optional[int] = None) -> Tuple[torch.Tensor, int, int]:
+        """(uint8 CHW, label, records skipped): a bad record is logged and replaced by the next good one.
+
+        `seed` fixes this sample's flip and augmentation (see `to_chw`)."""
         for skipped in range(self.max_replacements + 1):
             key = self.keys[(index + skipped) % len(self.keys)]
             try:
@@ -146,14 +148,20 @@ class RecordDataset(torch.utils.data.Dataset):
         else:
             raise DataError(f"{self.record.uri}: {self.max_replacements + 1} consecutive records from key "
                             f"{self.keys[index]} are unreadable; run `fr-data verify {self.root}`")
-        return to_chw(image, self.flip, self.augment), label, skipped
+        return to_chw(image, self.flip, self.augment, seed), label, skipped
 
 
-def to_chw(image: np.ndarray, flip: bool, augment=None) -> torch.Tensor:
-    """Optional augmentation and random horizontal flip, then HWC uint8 -> CHW uint8 tensor."""
+def to_chw(image: np.ndarray, flip: bool, augment=None, seed: Optional[int] = None) -> torch.Tensor:
+    """Optional augmentation and random horizontal flip, then HWC uint8 -> CHW uint8 tensor.
+
+    With a `seed` (a well-mixed 63-bit integer, as the loader's sampler gives) the draws depend on it alone,
+    so a resumed run or another worker count sees the same flips; without one, the process's generators.
+    """
+    if seed is None:
+        seed = random.getrandbits(63)  # DataLoader seeds `random` per worker
     if augment is not None:
-        image = augment(image, np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()))))
-    if flip and random.random() < 0.5:  # DataLoader seeds `random` per worker; 10x cheaper than torch.rand
+        image = augment(image, np.random.default_rng(seed))
+    if flip and (seed >> 17) & 1:  # a bit of the mixed seed is a fair coin, and far cheaper than a generator
         image = image[:, ::-1]
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
@@ -198,7 +206,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         image, label, _ = self.load(index)
         return image, label
 
-    def load(self, index: int) -> Tuple[torch.Tensor, int, int]:
+    def load(self, index: int, seed: Optional[int] = None) -> Tuple[torch.Tensor, int, int]:
         for skipped in range(self.max_replacements + 1):
             path, label = self.items[(index + skipped) % len(self.items)]
             try:
@@ -210,7 +218,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         else:
             raise DataError(f"{self.root}: {self.max_replacements + 1} consecutive images from "
                             f"{self.items[index][0]} are unreadable")
-        return to_chw(image, self.flip, self.augment), label, skipped
+        return to_chw(image, self.flip, self.augment, seed), label, skipped
 
 
 def open_dataset(root: str, **kwargs) -> torch.utils.data.Dataset:

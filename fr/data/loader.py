@@ -5,12 +5,13 @@ import logging
 from typing import Callable, Dict, Iterator, Tuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from fr.config import DataConfig
 from fr.data.augment import build_augment
 from fr.data.datasets import RecordDataset, open_dataset
 from fr.distributed import DistEnv
+from fr.heads.seeding import mix_seed
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,34 @@ class _Counting(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int):
-        return self.dataset.load(index)
+    def __getitem__(self, key: Tuple[int, int]):
+        index, seed = key
+        return self.dataset.load(index, seed)
+
+
+class ResumableSampler(Sampler):
+    """This rank's share of the epoch's permutation (DistributedSampler, drop_last), from position `start`,
+    each index paired with a per-sample seed mixed from (seed, epoch, index).
+
+    The seed fixes the sample's flip and augmentation, so a run resumed mid-epoch draws exactly what the
+    uninterrupted run would have, whatever the number of workers.
+    """
+
+    def __init__(self, dataset: Dataset, env: DistEnv, seed: int):
+        self.permutation = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank,
+                                              shuffle=True, seed=seed, drop_last=True)
+        self.seed, self.epoch, self.start = seed, 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.permutation.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.permutation) - self.start
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        indices = list(self.permutation)[self.start:]
+        return iter([(index, mix_seed(self.seed, self.epoch, index)) for index in indices])
 
 
 class DeviceLoader:
@@ -39,40 +66,56 @@ class DeviceLoader:
     the same number of equally sized batches (the head's all-gather needs equal sizes).
 
     `skipped` counts records replaced because they could not be read or decoded (plus those left out by
-    the header check), for the trainer's logs.
+    the header check), for the trainer's logs. `state_dict` holds the epoch and the batches consumed in it,
+    so a resumed loader continues mid-epoch with the same samples, flips and augmentations.
     """
 
     def __init__(self, dataset: RecordDataset, batch_size: int, env: DistEnv, num_workers: int, seed: int):
         self.dataset = dataset
         self.device = env.device
+        self.batch_size = batch_size
         self.skipped = int(getattr(dataset, "garbled", 0))
-        self.sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank,
-                                          shuffle=True, seed=seed, drop_last=True)
-        if len(self.sampler) < batch_size:
+        self.sampler = ResumableSampler(dataset, env, seed)
+        self.steps = len(self.sampler) // batch_size
+        if self.steps < 1:
             raise ValueError(f"data.batch_size={batch_size} is larger than this rank's share of the data set "
                              f"({len(self.sampler)} of {len(dataset)} images over {env.world_size} ranks)")
-        generator = torch.Generator()
-        generator.manual_seed(seed + env.rank)
+        self.epoch, self.consumed = 0, 0  # batches yielded in the current epoch
         self.loader = DataLoader(_Counting(dataset), batch_size=batch_size, sampler=self.sampler,
                                  num_workers=num_workers, drop_last=True, pin_memory=self.device.type == "cuda",
-                                 persistent_workers=num_workers > 0, generator=generator)
+                                 persistent_workers=num_workers > 0)
 
     @property
     def stats(self) -> Dict[str, int]:
         return {"skipped_records": self.skipped}
 
     def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.consumed = 0
+        self.epoch = epoch
         self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return self.steps
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         non_blocking = self.device.type == "cuda"
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.start = self.consumed * self.batch_size
         for images, labels, skipped in self.loader:
             self.skipped += int(skipped.sum())
             images = normalize(images.to(self.device, non_blocking=non_blocking))
+            self.consumed += 1
             yield images, labels.to(self.device, non_blocking=non_blocking).long()
+        self.consumed = 0
+        self.epoch += 1
+
+    def state_dict(self) -> Dict[str, int]:
+        return {"epoch": self.epoch, "consumed": self.consumed, "skipped": self.skipped}
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
+        self.skipped = int(state.get("skipped", self.skipped))
 
 
 def build_torch_loader(cfg: DataConfig, env: DistEnv, seed: int) -> DeviceLoader:

@@ -21,7 +21,8 @@ def format_duration(seconds: float) -> str:
 class MetricLogger:
     """Averages the loss between log points and reports global throughput; TensorBoard on the main rank."""
 
-    def __init__(self, tensorboard_dir: Optional[str], global_batch: int, total_steps: int, enabled: bool):
+    def __init__(self, tensorboard_dir: Optional[str], global_batch: int, total_steps: int, enabled: bool,
+                 purge_step: Optional[int] = None):
         self.enabled = enabled
         self.global_batch = global_batch
         self.total_steps = total_steps
@@ -29,7 +30,7 @@ class MetricLogger:
         if enabled and tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(tensorboard_dir)
+            self.writer = SummaryWriter(tensorboard_dir, purge_step=purge_step)
         self._loss_sum = 0.0
         self._loss_count = 0
         self._window_start = time.perf_counter()

@@ -18,6 +18,7 @@ from fr.fileio import atomic_write_json
 from fr.heads import PartialFC, build_loss, build_sparse_optimizer
 from fr.models import build_backbone
 from fr.train.checkpoint import atomic_save, backbone_state_dict
+from fr.train.resume import Checkpointer, load_rank_state, resolve_resume, run_settings
 from fr.train.logging import MetricLogger
 from fr.train.optim import build_optimizer, build_scheduler
 from fr.train.trainer import Trainer
@@ -96,20 +97,35 @@ def train(cfg: Config, env: Optional[DistEnv] = None) -> Dict[str, Any]:
                  else build_optimizer(groups, cfg.optim))
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps, warmup_steps)
     global_batch = cfg.data.batch_size * env.world_size
+    settings = run_settings(cfg, num_classes)
+    resume_dir = resolve_resume(cfg.train.resume, out_dir)
+    saved = load_rank_state(resume_dir, env, settings) if resume_dir else None
+    resumed_step = int(saved["trainer"]["step"]) if saved else 0
+    # On resume, TensorBoard drops the events a crashed run logged after its last checkpoint.
     metrics = MetricLogger(os.path.join(out_dir, "tensorboard") if cfg.output.tensorboard else None,
-                           global_batch, total_steps, enabled=env.is_main)
+                           global_batch, total_steps, enabled=env.is_main,
+                           purge_step=resumed_step + 1 if saved else None)
     hook = VerificationHook(cfg.eval.bins, cfg.data.root, env, cfg.eval.batch_size, cfg.data.image_size)
     evaluate = (lambda model, step: hook(model, step, metrics.scalars)) if hook else None
     log.info("training %s on %d images, %d classes, %d rank(s), global batch %d, %d steps (%d per epoch)",
              cfg.model.backbone, len(loader.dataset), num_classes, env.world_size, global_batch,
              total_steps, steps_per_epoch)
 
-    untrained = evaluate(plain_backbone, 0) if (evaluate and cfg.eval.at_start) else {}
+    checkpointer = (Checkpointer(os.path.join(out_dir, "checkpoints"), env, settings, cfg.output.keep_checkpoints)
+                    if cfg.output.save_state else None)
     trainer = Trainer(backbone, plain_backbone, head, loader, optimizer, scheduler, env, total_steps, metrics,
                       log_every=cfg.train.log_every, clip_grad_norm=cfg.optim.clip_grad_norm,
                       amp_dtype=amp_dtype_for(cfg.train.amp, env.device), evaluate=evaluate,
                       eval_every=cfg.eval.every, exact_backbone_grad=cfg.train.exact_backbone_grad,
-                      channels_last=cfg.train.channels_last)
+                      channels_last=cfg.train.channels_last,
+                      save_checkpoint=checkpointer.save if checkpointer else None,
+                      checkpoint_every=cfg.output.checkpoint_every)
+    if saved:
+        trainer.load_state_dict(saved)
+        del saved  # the loaded copy is no longer needed (the head shard can be gigabytes)
+        log.info("resumed from %s at step %d (epoch %d)", resume_dir, trainer.state.step, trainer.state.epoch)
+    elif evaluate and cfg.eval.at_start:
+        trainer.eval_results[0] = evaluate(plain_backbone, 0)
     start = time.perf_counter()
     try:
         state = trainer.fit()
@@ -121,6 +137,7 @@ def train(cfg: Config, env: Optional[DistEnv] = None) -> Dict[str, Any]:
     if env.is_main:
         atomic_save(backbone_state_dict(plain_backbone), os.path.join(out_dir, "model.pt"))
         final = trainer.eval_results.get(state.step, {})
+        untrained = trainer.eval_results.get(0, {})
         results = {
             "steps": state.step, "epochs": state.epoch, "world_size": env.world_size,
             "num_images": len(loader.dataset), "num_classes": num_classes,

@@ -6,7 +6,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import nn
@@ -44,7 +44,8 @@ class Trainer:
                  optimizer: torch.optim.Optimizer, scheduler, env: DistEnv, total_steps: int,
                  metrics: MetricLogger, log_every: int, clip_grad_norm: float = 0.0,
                  amp_dtype: Optional[torch.dtype] = None, evaluate: Optional[EvalFn] = None, eval_every: int = 0,
-                 exact_backbone_grad: bool = False, channels_last: bool = False):
+                 exact_backbone_grad: bool = False, channels_last: bool = False,
+                 save_checkpoint: Optional[Callable[["Trainer"], object]] = None, checkpoint_every: int = 0):
         self.backbone, self.plain_backbone, self.head = backbone, plain_backbone, head
         self.loader, self.optimizer, self.scheduler = loader, optimizer, scheduler
         self.env, self.total_steps, self.metrics = env, total_steps, metrics
@@ -54,8 +55,10 @@ class Trainer:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         use_scaler = amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=use_scaler)
+        self.save_checkpoint, self.checkpoint_every = save_checkpoint, checkpoint_every
         self.state = TrainState()
         self.eval_results: Dict[int, Dict[str, Dict[str, float]]] = {}
+        self._saved_step = -1
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -103,6 +106,43 @@ class Trainer:
             return
         self.eval_results[self.state.step] = self.evaluate(self.plain_backbone, self.state.step)
 
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything this rank needs to continue exactly where it is (see fr.train.resume)."""
+        from fr.train.resume import FORMAT, rng_state
+
+        state = self.state
+        return {
+            "format": FORMAT,
+            "trainer": {"step": state.step, "epoch": state.epoch, "last_loss": state.last_loss,
+                        "history": state.history, "eval_results": self.eval_results},
+            "backbone": self.plain_backbone.state_dict(), "head": self.head.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "loader": self.loader.state_dict(),
+            "rng": rng_state(self.env.device),
+        }
+
+    def load_state_dict(self, saved: Dict[str, Any]) -> None:
+        from fr.train.resume import set_rng_state
+
+        self.plain_backbone.load_state_dict(saved["backbone"])
+        self.head.load_state_dict(saved["head"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        self.loader.load_state_dict(saved["loader"])
+        set_rng_state(saved["rng"], self.env.device)
+        trainer = saved["trainer"]
+        self.state = TrainState(step=int(trainer["step"]), epoch=int(trainer["epoch"]),
+                                last_loss=float(trainer["last_loss"]),
+                                history={k: [tuple(v) for v in values] for k, values in trainer["history"].items()})
+        self.eval_results = dict(trainer["eval_results"])
+        self._saved_step = self.state.step
+
+    def _checkpoint(self) -> None:
+        if self.save_checkpoint is not None and self._saved_step != self.state.step:
+            self.save_checkpoint(self)
+            self._saved_step = self.state.step
+
     def fit(self) -> TrainState:
         state = self.state
         start = time.perf_counter()
@@ -119,9 +159,15 @@ class Trainer:
                     state.history["samples_per_sec"].append((state.step, stats["samples_per_sec"]))
                 if self.eval_every and state.step % self.eval_every == 0 and state.step < self.total_steps:
                     self.run_evaluation()
+                if self.checkpoint_every and state.step % self.checkpoint_every == 0:
+                    self._checkpoint()
                 if state.step >= self.total_steps:
                     break
-            state.epoch += 1
+            else:  # the epoch ran to its end (a stop at total_steps mid-epoch leaves the epoch unfinished)
+                state.epoch += 1
+                if not self.checkpoint_every:
+                    self._checkpoint()
+        self._checkpoint()
         self.run_evaluation()
         log.info("training done: %d steps in %.1f s", state.step, time.perf_counter() - start)
         return state

@@ -1,0 +1,201 @@
+"""Resumable training checkpoints: every rank's full state, written so that a crash never leaves a bad one.
+
+Layout under `<output.dir>/checkpoints/`:
+
+    step_00001200/rank00000.pt   one file per rank: backbone, its Partial FC shard, optimizer, schedule,
+                                 loader position, RNG states (each written to a temporary file and renamed)
+    step_00001200/manifest.json  written by rank 0 once every rank's file is complete: step, world size,
+                                 file sizes, and the settings a resumed run must share
+    latest.json                  the newest complete step directory, replaced atomically after its manifest
+
+A crash while writing leaves `latest.json` naming the previous, whole checkpoint. Files live on a file system
+every rank can reach (as for insightface's per-rank checkpoints).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from fr.config import Config, get_value
+from fr.distributed import DistEnv, all_reduce, barrier
+from fr.fileio import atomic_write_json
+from fr.train.checkpoint import CheckpointError, atomic_save
+
+log = logging.getLogger("fr.train")
+
+FORMAT = 1
+POINTER = "latest.json"
+MANIFEST = "manifest.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+# Settings that fix tensor shapes, the class sharding or the optimizer state: a resumed run must share them.
+MUST_MATCH = ("model.backbone", "model.embedding_size", "model.kwargs", "data.batch_size", "loss.name",
+              "partial_fc.update", "partial_fc.sample_rate", "optim.name")
+
+
+def rank_file(rank: int) -> str:
+    return f"rank{rank:05d}.pt"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def run_settings(cfg: Config, num_classes: int) -> Dict[str, Any]:
+    """The MUST_MATCH settings of `cfg` plus the class count, as recorded in a manifest."""
+    settings = {key: get_value(cfg, key) for key in MUST_MATCH}
+    settings["num_classes"] = num_classes
+    return json.loads(json.dumps(settings))  # JSON-normalised (tuples -> lists), as read back from a manifest
+
+
+def rng_state(device: torch.device) -> Dict[str, Any]:
+    """This process's random generators (torch CPU/CUDA, NumPy, Python), in torch.load(weights_only) types."""
+    numpy_state = np.random.get_state(legacy=False)
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                  "pos": int(numpy_state["state"]["pos"]), "has_gauss": int(numpy_state["has_gauss"]),
+                  "gauss": float(numpy_state["gauss"])},
+        "python": random.getstate(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: Dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937",
+                         "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
+                         "has_gauss": numpy_state["has_gauss"], "gauss": numpy_state["gauss"]})
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class Checkpointer:
+    """Writes the trainer's state (`trainer.state_dict()`) of every rank as one checkpoint; a collective call."""
+
+    def __init__(self, directory: str, env: DistEnv, settings: Dict[str, Any], keep: int = 1):
+        self.directory, self.env, self.settings, self.keep = directory, env, settings, keep
+
+    def save(self, trainer) -> str:
+        step = trainer.state.step
+        step_dir = os.path.join(self.directory, step_dir_name(step))
+        path = os.path.join(step_dir, rank_file(self.env.rank))
+        atomic_save(trainer.state_dict(), path)
+        # Every rank's file size reaches rank 0, which records them so that a truncated copy is detected.
+        sizes = torch.zeros(self.env.world_size, dtype=torch.int64, device=self.env.device)
+        sizes[self.env.rank] = os.path.getsize(path)
+        sizes = all_reduce(sizes, self.env).tolist()
+        if self.env.is_main:
+            manifest = {"format": FORMAT, "step": step, "epoch": trainer.state.epoch,
+                        "world_size": self.env.world_size,
+                        "files": {rank_file(r): size for r, size in enumerate(sizes)},
+                        "settings": self.settings}
+            atomic_write_json(os.path.join(step_dir, MANIFEST), manifest)
+            atomic_write_json(os.path.join(self.directory, POINTER), {"step": step, "dir": step_dir_name(step)})
+            self._prune(step)
+            log.info("saved a resumable checkpoint at step %d: %s", step, step_dir)
+        barrier(self.env)
+        return step_dir
+
+    def _prune(self, current: int) -> None:
+        """Delete the older step directories beyond `keep`; newer ones (from an abandoned run) are left alone."""
+        older = sorted((int(m.group(1)), name) for name in os.listdir(self.directory)
+                       if (m := _STEP_DIR.match(name)) and int(m.group(1)) < current)
+        for _, name in older[:max(0, len(older) - (self.keep - 1))]:
+            shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
+
+def resolve_resume(resume: str, out_dir: str) -> Optional[str]:
+    """The step directory to resume from, or None for a fresh run.
+
+    `resume` is "" (fresh), "auto" (the newest complete checkpoint in `out_dir`, if any), or a path: a run
+    directory, its `checkpoints` directory, or one `step_*` directory.
+    """
+    if not resume:
+        return None
+    if resume == "auto":
+        pointer = os.path.join(out_dir, "checkpoints", POINTER)
+        if not os.path.isfile(pointer):
+            log.info("train.resume=auto: no checkpoint in %s, starting a fresh run", out_dir)
+            return None
+        return _follow_pointer(pointer)
+    if not os.path.exists(resume):
+        raise CheckpointError(f"train.resume={resume}: no such file or directory")
+    for candidate in (os.path.join(resume, "checkpoints", POINTER), os.path.join(resume, POINTER)):
+        if os.path.isfile(candidate):
+            return _follow_pointer(candidate)
+    if os.path.isfile(os.path.join(resume, MANIFEST)):
+        return resume
+    if _STEP_DIR.match(os.path.basename(os.path.normpath(resume))):
+        raise CheckpointError(f"{resume} has no {MANIFEST}: that checkpoint was never completed (the run stopped "
+                              f"while writing it); resume from an earlier one or from the run directory")
+    raise CheckpointError(f"train.resume={resume}: expected a run directory, its checkpoints/ directory or a "
+                          f"step_* directory (none of {POINTER} or {MANIFEST} found)")
+
+
+def _read_json(path: str) -> Dict[str, Any]:
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def _follow_pointer(pointer: str) -> str:
+    name = _read_json(pointer).get("dir")
+    if not isinstance(name, str) or not _STEP_DIR.match(name):
+        raise CheckpointError(f"{pointer}: field 'dir' must name a step_* directory, got {name!r}")
+    step_dir = os.path.join(os.path.dirname(pointer), name)
+    if not os.path.isfile(os.path.join(step_dir, MANIFEST)):
+        raise CheckpointError(f"{pointer} names {step_dir}, which has no {MANIFEST}")
+    return step_dir
+
+
+def load_rank_state(step_dir: str, env: DistEnv, settings: Dict[str, Any]) -> Dict[str, Any]:
+    """This rank's saved state from `step_dir`, after checking the manifest against this run."""
+    manifest_path = os.path.join(step_dir, MANIFEST)
+    manifest = _read_json(manifest_path)
+    for key in ("format", "step", "world_size", "files", "settings"):
+        if key not in manifest:
+            raise CheckpointError(f"{manifest_path}: missing field {key!r}")
+    if manifest["format"] != FORMAT:
+        raise CheckpointError(f"{manifest_path}: format {manifest['format']}, this version of fr reads {FORMAT}")
+    if manifest["world_size"] != env.world_size:
+        raise CheckpointError(f"{step_dir} was written by {manifest['world_size']} ranks but this run has "
+                              f"{env.world_size}: the Partial FC head is sharded by rank, so resume with the "
+                              f"same number of processes")
+    for key, saved in manifest["settings"].items():
+        if key in settings and settings[key] != saved:
+            raise CheckpointError(f"{step_dir}: {key} was {saved!r} in the checkpointed run but is "
+                                  f"{settings[key]!r} now; resume with the same value")
+    name = rank_file(env.rank)
+    path = os.path.join(step_dir, name)
+    expected = manifest["files"].get(name)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path} is missing (listed in {manifest_path})")
+    if os.path.getsize(path) != expected:
+        raise CheckpointError(f"{path} is {os.path.getsize(path)} bytes but {manifest_path} records {expected}: "
+                              f"the file was truncated or replaced")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an fr training-state file (format {FORMAT})")
+    return state
