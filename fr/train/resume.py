@@ -124,10 +124,13 @@ def resolve_resume(resume: str, out_dir: str) -> Optional[str]:
     `resume` is "" (fresh), "auto" (the newest complete checkpoint in `out_dir`, if any), or a path: a run
     directory, its `checkpoints` directory, or one `step_*` directory.
     """
+    pointer = os.path.join(out_dir, "checkpoints", POINTER)
     if not resume:
+        if os.path.isfile(pointer):
+            log.warning("%s holds checkpoints of an earlier run; this fresh run will write its own beside them "
+                        "(train.resume=auto continues the earlier run instead)", out_dir)
         return None
     if resume == "auto":
-        pointer = os.path.join(out_dir, "checkpoints", POINTER)
         if not os.path.isfile(pointer):
             log.info("train.resume=auto: no checkpoint in %s, starting a fresh run", out_dir)
             return None
