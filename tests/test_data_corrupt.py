@@ -1,6 +1,9 @@
-"""Corrupt data: garbled and undecodable records are skipped and counted; bad labels/headers fail early."""
+"""Corrupt data: garbled and undecodable records are skipped and counted; bad labels/headers fail early;
+the structural image check that keeps what DALI cannot decode out of its index."""
 import io
 import os
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ from fr.config import DataConfig
 from fr.data.datasets import DataError, RecordDataset
 from fr.data.loader import build_loader
 from fr.data.recordio import IRHeader, IndexedRecordIO, pack, read_index
+from fr.data.verify import check_images, image_size
 from fr.data.writer import InsightfaceRecordWriter
 from fr.distributed import DistEnv
 
@@ -75,3 +79,59 @@ def test_every_record_unreadable_is_an_error_not_a_hang(tmp_path):
     dataset = RecordDataset(str(tmp_path))
     with pytest.raises(DataError, match="consecutive records .* unreadable"):
         dataset.load(0)
+
+
+def encoded(fmt, size=(112, 96), mode="RGB"):
+    buf = io.BytesIO()
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    image.convert(mode).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt,mode", [("JPEG", "RGB"), ("JPEG", "L"), ("JPEG", "CMYK"), ("PNG", "RGB"),
+                                      ("BMP", "RGB"), ("TIFF", "RGB"), ("WEBP", "RGB"), ("PPM", "RGB")])
+def test_image_check_reads_sizes_of_formats_dali_decodes(fmt, mode):
+    assert image_size(encoded(fmt, mode=mode)) == (112, 96)
+
+
+def png_claiming(width, height):
+    """A PNG whose header announces another size (its header checksum recomputed, so only the size is off)."""
+    data = bytearray(encoded("PNG"))
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def test_image_check_rejects_what_stops_dalis_decoder():
+    jpeg = encoded("JPEG")
+    scan = jpeg.index(b"\xff\xda")
+    frame = jpeg.index(b"\xff\xc0") + 5  # height and width in the frame header
+    cases = [
+        (b"", "empty"),
+        (bytes(300), "not an image format"),
+        (encoded("GIF"), "not an image format"),
+        (jpeg[:scan + (len(jpeg) - scan) // 2], "no end-of-image marker"),  # cut in the scan data
+        (jpeg[:-2], "no end-of-image marker"),
+        (jpeg[:scan + 40] + bytes(len(jpeg) - scan - 40), "no end-of-image marker"),  # zero-filled tail
+        (jpeg[:scan - 100], "jpeg: "),  # cut in the header
+        (jpeg[:frame] + b"\xea\x60\xea\x60" + jpeg[frame + 4:], "header gives a 60000x60000 image"),
+        (encoded("PNG")[:3000], "no IEND chunk"),
+        (png_claiming(60000, 60000), "png: "),
+    ]
+    for payload, expected in cases:
+        with pytest.raises(ValueError, match=expected):
+            image_size(payload)
+
+
+def test_image_check_leaves_out_a_record_whose_length_runs_into_the_next(tmp_path):
+    write_set(tmp_path, [[encoded("JPEG") for _ in range(3)]])
+    offset = read_index(os.path.join(tmp_path, "train.idx"))[2]
+    with open(tmp_path / "train.rec", "r+b") as fh:  # record 2 announces 16 more bytes than it holds
+        fh.seek(offset + 4)
+        length = struct.unpack("<I", fh.read(4))[0]
+        fh.seek(offset + 4)
+        fh.write(struct.pack("<I", length + 16))
+    with IndexedRecordIO(str(tmp_path / "train.idx"), str(tmp_path / "train.rec"), "r") as record:
+        result = check_images(record, [1, 2, 3])
+    assert result.keys == [1, 3] and dict(result.sizes) == {(112, 96): 2}
+    assert "record 2: record announces" in result.problems[2]

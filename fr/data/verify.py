@@ -1,15 +1,18 @@
-"""Record-file checks: a fast header-only scan run before training, and the full `fr-data verify` scan."""
+"""Record-file checks: a fast header-only scan, a structural image check for DALI, and the full `fr-data verify`."""
 from __future__ import annotations
 
+import io
 import logging
+import mmap
 import os
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from fr.data.recordio import MAGIC, IRHeader, IndexedRecordIO, RecordIOError, unpack
+from fr.data.recordio import MAGIC, IRHeader, IndexedRecordIO, MXRecordIO, RecordIOError, unpack
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,6 @@ def read_header_at(fh, offset: int, where: str) -> IRHeader:
                             f"after {len(body)}")
     if len(body) < need:
         # Many labels, or a header split by an escaped magic word: read the whole record.
-        from fr.data.recordio import MXRecordIO
         with MXRecordIO(fh.name, "r") as rec:
             rec.handle.seek(offset)
             return unpack(rec.read())[0]
@@ -124,6 +126,123 @@ def _check_identities(record: IndexedRecordIO, image_keys: List[int], identity_k
         errors.append(f"{record.uri}: identity records end at key {expected_start} but the header announces "
                       f"images up to key {end_images - 1}")
     return errors
+
+
+def _jpeg_size(payload: bytes) -> Tuple[int, int]:
+    import simplejpeg
+
+    # strict: header warnings (bytes where a marker belongs) count as corrupt, as they do for the torch path
+    height, width, _, _ = simplejpeg.decode_jpeg_header(payload)
+    scan = payload.find(b"\xff\xda")
+    # Scan data cannot hold FF D9 (an FF data byte is always followed by 00), so no end-of-image marker after
+    # the first scan header means the payload was cut short or its tail overwritten (e.g. zero-filled).
+    if scan < 0 or payload.find(b"\xff\xd9", scan) < 0:
+        raise ValueError("no end-of-image marker (truncated or overwritten)")
+    return width, height
+
+
+def _png_size(payload: bytes) -> Tuple[int, int]:
+    if payload.rfind(b"IEND\xaeB`\x82") < 0:
+        raise ValueError("no IEND chunk (truncated or overwritten)")
+    return _pil_size(payload)
+
+
+def _pil_size(payload: bytes) -> Tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(payload)) as img:  # reads the header only
+        return img.size
+
+
+MAX_PIXELS = 1 << 30  # OpenCV's default bound; a garbled JPEG frame header often claims tens of thousands a side
+
+
+class ImageFormat(NamedTuple):
+    name: str
+    matches: Callable[[bytes], bool]
+    size: Callable[[bytes], Tuple[int, int]]  # (width, height); raises when the payload is broken
+
+
+# The formats DALI's image decoder reads (GIF, ICO, TGA and the rest make it stop), by their leading bytes.
+IMAGE_FORMATS: List[ImageFormat] = [
+    ImageFormat("jpeg", lambda b: b[:3] == b"\xff\xd8\xff", _jpeg_size),
+    ImageFormat("png", lambda b: b[:8] == b"\x89PNG\r\n\x1a\n", _png_size),
+    ImageFormat("bmp", lambda b: b[:2] == b"BM", _pil_size),
+    ImageFormat("tiff", lambda b: b[:4] in (b"II*\x00", b"MM\x00*"), _pil_size),
+    ImageFormat("webp", lambda b: b[:4] == b"RIFF" and b[8:12] == b"WEBP", _pil_size),
+    ImageFormat("pnm", lambda b: b[:1] == b"P" and b[1:2] in b"123456" and len(b) > 2, _pil_size),
+    ImageFormat("jpeg2000", lambda b: b[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n" or b[:4] == b"\xffO\xffQ",
+                _pil_size),
+]
+
+
+def image_size(payload: bytes) -> Tuple[int, int]:
+    """(width, height) from an image payload's header and framing, without decoding its pixels.
+
+    ValueError naming the problem for an empty payload, a format DALI cannot read, a broken header, or a
+    JPEG/PNG whose end marker is missing.
+    """
+    if not payload:
+        raise ValueError("empty image payload")
+    for fmt in IMAGE_FORMATS:
+        if fmt.matches(payload):
+            try:
+                width, height = fmt.size(payload)
+            except Exception as exc:  # parsers raise many types for corrupt data (Pillow: SyntaxError, bombs)
+                raise ValueError(f"{fmt.name}: {exc}") from None
+            if width < 1 or height < 1 or width * height > MAX_PIXELS:
+                raise ValueError(f"{fmt.name}: header gives a {width}x{height} image")
+            return width, height
+    raise ValueError(f"not an image format the DALI decoder reads (starts with {payload[:8]!r})")
+
+
+@dataclass
+class ImageCheck:
+    """What `check_images` found: the keys that passed, their (width, height) counts, and one message per
+    record left out."""
+
+    keys: List[int] = field(default_factory=list)
+    sizes: Counter = field(default_factory=Counter)
+    problems: Dict[int, str] = field(default_factory=dict)
+
+
+def check_images(record: IndexedRecordIO, keys: List[int]) -> ImageCheck:
+    """Structural check of each record's image (see `image_size`) and of its length against the next record.
+
+    DALI's record parser copies as many bytes as a record announces, so a length running into the next record
+    or past the end of the file is left out here. Reads the file through mmap: ~14 us per 4 KB record.
+    """
+    result = ImageCheck()
+    size = os.path.getsize(record.uri)
+    starts = sorted(record.idx.values())
+    ends = dict(zip(starts, starts[1:] + [size]))
+    with open(record.uri, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        for key in keys:
+            offset = record.idx[key]
+            try:
+                payload = _payload_at(record, data, offset, ends[offset])
+                result.sizes[image_size(payload)] += 1
+            except (ValueError, RecordIOError, struct.error) as exc:
+                result.problems[key] = f"{record.uri}: record {key}: {exc}"
+                continue
+            result.keys.append(key)
+    return result
+
+
+def _payload_at(record: IndexedRecordIO, data: mmap.mmap, offset: int, end: int) -> bytes:
+    lrec = struct.unpack_from("<I", data, offset + 4)[0]  # the magic word was checked with the header
+    cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+    if cflag == 0:
+        if offset + 8 + length > end:
+            raise RecordIOError(f"record announces {length} bytes, past the start of the next record at {end}")
+        return unpack(data[offset + 8:offset + 8 + length])[1]
+    # A payload holding the magic word was split into parts (rare): read it whole.
+    with MXRecordIO(record.uri, "r") as reader:
+        reader.handle.seek(offset)
+        body = reader.read()
+        if reader.handle.tell() > end:
+            raise RecordIOError(f"multi-part record runs past the start of the next record at {end}")
+    return unpack(body)[1]
 
 
 @dataclass
