@@ -1,73 +1,26 @@
 """DALI loader over insightface record files: fn.readers.mxnet sharded by rank, mixed GPU decode or CPU.
 
-The user's `train.rec` is read in place. Its `.idx` also lists the header record 0 and the identity records,
-which DALI would read as samples, so a filtered index listing only the image records (those that passed the
-header check) is written to a cache directory and given to the reader as `index_path`.
+The user's `train.rec` is read in place through the checked image-only index of fr.data.dali_index.
 """
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
-import os
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+import re
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
 
-from fr.data.datasets import DataError, checked_keys, read_layout, record_paths
-from fr.data.recordio import IndexedRecordIO, unpack
+from fr.data.dali_index import build_index, read_payloads, shard_entries, write_shard_index
+from fr.data.datasets import DataError, record_paths
 from fr.data.loader import normalize
 from fr.distributed import DistEnv
-from fr.fileio import atomic_write_text
-
 
 log = logging.getLogger(__name__)
 
 READER = "reader"
 INITIAL_FILL = 16384  # shuffle buffer per rank: large, as the records of one identity are contiguous
-
-
-def filtered_index(root: str, num_classes: int = 0, cache_dir: str = "") -> Tuple[str, int, int, int]:
-    """Write (once) an index of the image records only; returns (index path, images, classes, garbled).
-
-    The cache file name hashes the record file's path, size and mtime, so a changed file gets a new index.
-    """
-    rec_path, idx_path = record_paths(root)
-    record = IndexedRecordIO(idx_path, rec_path, "r")
-    try:
-        layout = read_layout(record)
-        classes = num_classes or layout.num_classes
-        if num_classes and num_classes < layout.num_classes:
-            raise DataError(f"data.num_classes={num_classes} but {rec_path} holds {layout.num_classes} classes")
-        stat = os.stat(rec_path)
-        tag = hashlib.sha1(f"{os.path.abspath(rec_path)}|{stat.st_size}|{stat.st_mtime_ns}|{classes}".encode())
-        directory = cache_dir or _default_cache_dir(root)
-        os.makedirs(directory, exist_ok=True)
-        out = os.path.join(directory, f"train.{tag.hexdigest()[:16]}.images.idx")
-        counts_path = out + ".json"
-        if os.path.isfile(out) and os.path.isfile(counts_path):
-            with open(counts_path, "r", encoding="utf-8") as fh:
-                counts = json.load(fh)
-            return out, counts["images"], classes, counts["garbled"]
-        keys, garbled = checked_keys(record, layout, classes)
-        # Ranks may race to write the same index: each writes its own temporary file and renames it.
-        atomic_write_text(counts_path, json.dumps({"images": len(keys), "garbled": garbled}))
-        atomic_write_text(out, "".join(f"{key}\t{record.idx[key]}\n" for key in keys))
-        log.info("wrote the image-only index %s (%d images)", out, len(keys))
-        return out, len(keys), classes, garbled
-    finally:
-        record.close()
-
-
-def _default_cache_dir(root: str) -> str:
-    """Beside the data when writable (fast to share between ranks), else the user's cache."""
-    beside = os.path.join(root, ".fr_cache")
-    if os.access(root, os.W_OK):
-        return beside
-    return os.path.join(os.path.expanduser("~"), ".cache", "fr")
+CHECK_BATCH = 64  # images per DALI run when looking for the records DALI cannot decode
 
 
 def _build_pipeline(rec_path: str, index_path: str, batch_size: int, shard_id: int, num_shards: int,
@@ -85,7 +38,7 @@ def _build_pipeline(rec_path: str, index_path: str, batch_size: int, shard_id: i
                                          num_shards=num_shards, random_shuffle=True, initial_fill=initial_fill,
                                          stick_to_shard=True, pad_last_batch=True, name=READER)
         images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
-        if resize:  # only when the file's images differ from data.image_size: even a no-op resize costs 3x
+        if resize:  # only when some image differs from data.image_size: even a no-op resize costs 3x
             images = fn.resize(images, resize_x=image_size, resize_y=image_size)
         images = apply_augments(images, augment)
         # uint8 HWC leaves the pipeline: CHW + (x/255-0.5)/0.5 run in torch on the training device, which
@@ -110,32 +63,45 @@ class DaliLoader:
     starts at a shard boundary; the batches past `len(self)` are read and dropped. `state_dict` holds the
     DALI reader checkpoint taken at the last epoch boundary plus the batches consumed since, so a resumed
     loader continues mid-epoch.
+
+    Corrupt images. DALI cannot skip a sample: an image its decoder rejects stops `pipe.run()` for good.
+    Truncated or zero-filled JPEGs, empty or non-image payloads, formats DALI does not read and broken
+    headers are left out when the index is built, by a structural check (fr.data.verify.check_images, ~14 us
+    per 4 KB record, once). Decoding every image there instead would cost 120-160 us per image (12-15
+    CPU-minutes for 5.8M) and still not speak for the GPU decoder. What passes the check yet stops DALI
+    (1.6% of the DALI-rejected random corruptions measured, bad Huffman tables; PNGs with broken compressed
+    data) is handled when it happens: DALI's own decoder tries every record of this rank's shard; the ones it
+    rejects, and the sample its error names, are logged and counted; this rank's reader gets its shard minus
+    them as a private index (the other ranks' shards do not move) and re-reads the epoch from its start
+    checkpoint up to where it stopped, so every rank still yields `len(self)` batches. That costs a decode
+    pass over the shard plus the re-read, once per run and rank (the exclusions travel in `state_dict`); in
+    that epoch this rank's order changes, so a few of its images may come twice or not at all.
     """
 
     def __init__(self, root: str, batch_size: int, env: DistEnv, seed: int = 0, num_threads: int = 2,
                  num_classes: int = 0, image_size: int = 112, augment: Sequence[str] = (), cache_dir: str = "",
                  initial_fill: int = INITIAL_FILL):
         rec_path, _ = record_paths(root)
-        index_path, images, classes, garbled = filtered_index(root, num_classes, cache_dir)
-        self.dataset = _DatasetInfo(images, classes)
+        self.index = build_index(root, num_classes, cache_dir)
+        self.dataset = _DatasetInfo(self.index.images, self.index.num_classes)
         self.device = env.device
-        self.skipped = garbled
         self.batch_size = batch_size
-        per_rank = images // env.world_size
+        self.rank, self.world = env.rank, env.world_size
+        per_rank = self.index.images // env.world_size
         self.steps = per_rank // batch_size
         if self.steps < 1:
             raise ValueError(f"data.batch_size={batch_size} is larger than this rank's share of the data set "
-                             f"({per_rank} of {images} images over {env.world_size} ranks)")
+                             f"({per_rank} of {self.index.images} images over {env.world_size} ranks)")
         device_id = (self.device.index or 0) if self.device.type == "cuda" else None
-        self._args = dict(rec_path=rec_path, index_path=index_path, batch_size=batch_size, shard_id=env.rank,
-                          num_shards=env.world_size, device_id=device_id, num_threads=num_threads,
+        self._to_batch: Callable = _cuda_batch if device_id is not None else _cpu_batch
+        # index_path, shard_id and num_shards are set by _start
+        self._args = dict(rec_path=rec_path, batch_size=batch_size, device_id=device_id, num_threads=num_threads,
                           seed=seed + env.rank, image_size=image_size, augment=list(augment),
-                          initial_fill=initial_fill, resize=_first_image_size(root) != (image_size, image_size))
-        self.pipe = _build_pipeline(checkpoint=None, **self._args)
-        self._reads_per_epoch = None
+                          initial_fill=initial_fill, resize=set(self.index.sizes) != {(image_size, image_size)})
+        self.excluded: List[int] = []  # keys DALI failed to decode while training (this rank's shard)
         self.epoch = 0
-        self._consumed = 0                  # batches yielded in the current epoch
-        self._epoch_checkpoint = self.pipe.checkpoint()
+        self._consumed = 0  # batches yielded in the current epoch
+        self._start(checkpoint=None)
 
     @classmethod
     def from_config(cls, cfg, env: DistEnv, seed: int) -> "DaliLoader":
@@ -144,14 +110,12 @@ class DaliLoader:
                    cache_dir=cfg.cache_dir)
 
     @property
+    def skipped(self) -> int:
+        return self.index.skipped + len(self.excluded)
+
+    @property
     def stats(self) -> Dict[str, int]:
         return {"skipped_records": self.skipped}
-
-    def _shard_batches(self) -> int:
-        """Batches the reader delivers per epoch for this shard (its last one padded)."""
-        meta = self.pipe.reader_meta(READER)
-        shard = meta["epoch_size_padded"] // self._args["num_shards"]
-        return -(-shard // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         # DALI reshuffles on its own as it reads on; the epoch only matters for bookkeeping and resume.
@@ -165,50 +129,137 @@ class DaliLoader:
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         if self._consumed == 0:
             self._epoch_checkpoint = self.pipe.checkpoint()
-        total = self._shard_batches()
-        for step in range(self._consumed, total):
-            images, labels = self._run()
-            if step < self.steps:
-                self._consumed = step + 1
-                yield images, labels
+            self._runs = 0
+        while self._runs < self._epoch_runs:
+            outputs = self._read_to(self._runs + 1)
+            if self._runs <= self.steps:
+                self._consumed = self._runs
+                yield self._to_batch(*outputs, self.device)
         self._consumed = 0
         self.epoch += 1
-
-    def _run(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        images, labels = self.pipe.run()
-        # NCHW in channels_last memory: no transposing copy, and the layout CPU/GPU convolutions prefer.
-        images = normalize(_to_torch(images, self.device)).permute(0, 3, 1, 2)
-        return images, _to_torch(labels, self.device).view(-1).long()
 
     def state_dict(self) -> Dict[str, object]:
         # Between epochs the reader already stands at the next epoch's start: checkpoint that position,
         # not the finished epoch's start (which would replay the finished epoch).
         at_boundary = self._consumed == 0
-        return {"epoch": self.epoch, "consumed": self._consumed,
+        return {"epoch": self.epoch, "consumed": self._consumed, "excluded": list(self.excluded),
                 "dali_checkpoint": self.pipe.checkpoint() if at_boundary else self._epoch_checkpoint}
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         """Rebuild the pipeline at the checkpointed epoch start and skip the batches already consumed."""
-        self.pipe = _build_pipeline(checkpoint=state["dali_checkpoint"], **self._args)
-        self._epoch_checkpoint = state["dali_checkpoint"]
+        self.excluded = [int(key) for key in state.get("excluded", [])]
+        self._start(checkpoint=state["dali_checkpoint"])
         self.epoch = int(state["epoch"])
-        consumed = int(state["consumed"])
-        for _ in range(consumed):
-            self.pipe.run()  # replaying a few batches is cheaper than per-batch checkpoints
-        self._consumed = consumed
+        self._consumed = int(state["consumed"])
+        self._read_to(self._consumed)  # replaying a few batches is cheaper than per-batch checkpoints
+
+    def _start(self, checkpoint: Optional[str]) -> None:
+        """(Re)build the pipeline over this rank's records, minus `excluded`, at `checkpoint` (an epoch start)."""
+        if self.excluded:
+            path, _ = write_shard_index(self.index.path, self.rank, self.world, self.excluded)
+            self._args.update(index_path=path, shard_id=0, num_shards=1)
+        else:
+            self._args.update(index_path=self.index.path, shard_id=self.rank, num_shards=self.world)
+        self.pipe = _build_pipeline(checkpoint=checkpoint, **self._args)
+        self._epoch_checkpoint = checkpoint or self.pipe.checkpoint()
+        self._runs = 0  # pipeline runs in the current epoch, the dropped ones past len(self) included
+        shard = self.pipe.reader_meta(READER)["epoch_size_padded"] // self._args["num_shards"]
+        self._epoch_runs = -(-shard // self.batch_size)  # the last batch padded
+        if self._epoch_runs < self.steps:
+            raise DataError(f"{self._args['rec_path']}: rank {self.rank} has too few decodable images left for "
+                            f"{self.steps} batches of {self.batch_size} per epoch ({len(self.excluded)} records "
+                            f"excluded); run `fr-data verify` on the data")
+
+    def _read_to(self, runs: int):
+        """Run the pipeline until `runs` batches of this epoch are read; the last one's outputs (or None)."""
+        outputs = None
+        while self._runs < runs:
+            try:
+                outputs = self.pipe.run()
+            except RuntimeError as error:
+                self._exclude_undecodable(error)  # restarts the epoch: `_runs` is 0 again
+                continue
+            self._runs += 1
+        return outputs
+
+    def _exclude_undecodable(self, error: RuntimeError) -> None:
+        rec_path = self._args["rec_path"]
+        if self.excluded:  # the reader already uses this rank's private index, read as one shard
+            entries = shard_entries(self._args["index_path"], 0, 1)
+        else:
+            entries = shard_entries(self.index.path, self.rank, self.world)
+        found = set(undecodable_records(rec_path, entries, self._args["device_id"], self._args["num_threads"]))
+        # DALI's verdict on a few corrupt images changes from run to run: also take the sample its error names.
+        named = {int(offset) for offset in re.findall(r" at index (\d+)", str(error))}
+        found.update(key for key, offset in entries if offset in named)
+        if not found:
+            raise DataError(f"{rec_path}: the DALI pipeline of rank {self.rank} failed ({_reason(error)}), but "
+                            f"no record of its shard fails to decode on its own") from error
+        for key in sorted(found):
+            log.warning("skipping record %d of %s: DALI cannot decode its image", key, rec_path)
+        self.excluded.extend(sorted(found))
+        log.warning("rank %d: %d undecodable records excluded; re-reading epoch %d up to batch %d without them",
+                    self.rank, len(found), self.epoch, self._runs + 1)
+        self._start(checkpoint=self._epoch_checkpoint)
 
 
-def _first_image_size(root: str) -> Tuple[int, int]:
-    """(width, height) of the first image record, read from the image header without decoding it."""
-    rec_path, idx_path = record_paths(root)
-    with IndexedRecordIO(idx_path, rec_path, "r") as record:
-        layout = read_layout(record)
-        payload = unpack(record.read_idx(layout.image_keys[0]))[1]
-    try:
-        with Image.open(io.BytesIO(payload)) as img:
-            return img.size
-    except Exception:  # an unreadable first image: resize everything, to be safe
-        return (0, 0)
+def _reason(error: RuntimeError) -> str:
+    """The line of a DALI error that says what went wrong (its message also holds a traceback)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    after = [line for before, line in zip(lines, lines[1:]) if before.startswith("encountered")]
+    return (after or lines or [repr(error)])[0]
+
+
+def undecodable_records(rec_path: str, entries: Sequence[Tuple[int, int]], device_id: Optional[int],
+                        num_threads: int) -> List[int]:
+    """Keys among (key, offset) `entries` whose image DALI's decoder rejects, found by DALI itself.
+
+    Images are decoded CHECK_BATCH at a time; a batch that fails is split in halves until the failing
+    records are alone (a failed DALI pipeline cannot run again, so each failure rebuilds it).
+    """
+    found: List[int] = []
+    chunk: List[Tuple[int, bytes]] = []
+    pipe = None
+    for item in read_payloads(rec_path, entries):
+        chunk.append(item)
+        if len(chunk) == CHECK_BATCH:
+            pipe = _check_chunk(chunk, pipe, found, device_id, num_threads)
+            chunk = []
+    if chunk:
+        _check_chunk(chunk, pipe, found, device_id, num_threads)
+    return sorted(found)
+
+
+def _check_chunk(chunk, pipe, found: List[int], device_id, num_threads):
+    pending = [chunk]
+    while pending:
+        part = pending.pop()
+        pipe = pipe or _decoder_pipeline(device_id, num_threads)
+        try:
+            pipe.feed_input("encoded", [np.frombuffer(payload, np.uint8) for _, payload in part])
+            pipe.run()
+            continue
+        except RuntimeError:
+            pipe = None
+        if len(part) == 1:
+            found.append(part[0][0])
+        else:
+            pending += [part[len(part) // 2:], part[:len(part) // 2]]
+    return pipe
+
+
+def _decoder_pipeline(device_id: Optional[int], num_threads: int):
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=CHECK_BATCH, num_threads=num_threads, device_id=device_id, exec_async=False,
+                  exec_pipelined=False, prefetch_queue_depth=1)
+    def pipeline():
+        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+        return fn.decoders.image(encoded, device="cpu" if device_id is None else "mixed", output_type=types.RGB)
+
+    pipe = pipeline()
+    pipe.build()
+    return pipe
 
 
 class _DatasetInfo:
@@ -221,13 +272,24 @@ class _DatasetInfo:
         return self.images
 
 
-def _to_torch(batch, device: torch.device) -> torch.Tensor:
-    """A dense DALI TensorList (CPU or GPU) as a torch tensor on `device`."""
-    tensor = batch.as_tensor()
-    if device.type == "cuda":
-        from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+def _cpu_batch(images, labels, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """DALI CPU outputs as (float [-1, 1] NCHW in channels_last memory, int64 labels)."""
+    pixels = normalize(torch.from_numpy(np.array(images.as_tensor()))).permute(0, 3, 1, 2)
+    classes = np.asarray(labels.as_tensor()).reshape(len(pixels), -1)[:, 0]  # multi-label: the first
+    return pixels, torch.from_numpy(classes.astype(np.int64))
 
-        out = torch.empty(tensor.shape(), dtype=to_torch_type[tensor.dtype], device=device)
-        feed_ndarray(tensor, out, cuda_stream=torch.cuda.current_stream(device))
-        return out
-    return torch.from_numpy(np.array(tensor)).to(device)
+
+def _cuda_batch(images, labels, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """DALI GPU outputs as (float [-1, 1] NCHW in channels_last memory, int64 labels) on `device`."""
+    pixels = normalize(_cuda_tensor(images, device)).permute(0, 3, 1, 2)
+    classes = _cuda_tensor(labels, device)
+    return pixels, classes.reshape(classes.shape[0], -1)[:, 0].long()
+
+
+def _cuda_tensor(batch, device: torch.device) -> torch.Tensor:
+    from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+
+    tensor = batch.as_tensor()
+    out = torch.empty(tensor.shape(), dtype=to_torch_type[tensor.dtype], device=device)
+    feed_ndarray(tensor, out, cuda_stream=torch.cuda.current_stream(device))
+    return out

@@ -1,0 +1,134 @@
+"""Image-only index files for DALI's RecordIO reader: built once per record file (checked), cached, per-rank.
+
+The user's `.idx` also lists the header record 0 and the identity records, which DALI would read as samples,
+and DALI cannot skip an image it fails to decode. So the reader gets an index of the image records that
+passed the header check and the structural image check (`fr.data.verify.check_images`), written once to a
+cache directory. DALI sorts the offsets it is given, reads each sample up to the next listed offset, and
+shards the sorted list as `[N * rank // world, N * (rank + 1) // world)`; `shard_entries` repeats that split.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Sequence, Tuple
+
+from fr.data.datasets import DataError, checked_keys, read_layout, record_paths
+from fr.data.recordio import IndexedRecordIO, MXRecordIO, unpack
+from fr.data.verify import check_images
+from fr.fileio import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+# Part of the cache name: indexes written by an older check are not reused.
+INDEX_VERSION = 2
+# How many skipped records are named in the log (all of them are listed in the index's .json).
+LOGGED = 10
+
+
+@dataclass(frozen=True)
+class ImageIndex:
+    """An index file for DALI's reader and what was found while writing it."""
+
+    path: str
+    images: int
+    num_classes: int
+    skipped: int  # records left out: garbled headers plus images that failed the structural check
+    sizes: Dict[Tuple[int, int], int]  # (width, height) -> number of images
+
+
+def build_index(root: str, num_classes: int = 0, cache_dir: str = "") -> ImageIndex:
+    """The checked image-only index of `root/train.rec`, written on first use (one process writes, others wait).
+
+    The cache name hashes the record file's path, size and mtime (and the class count the labels were checked
+    against), so a changed file gets a new index. A `.json` beside it keeps the counts, the image sizes and
+    one message per skipped record.
+    """
+    rec_path, idx_path = record_paths(root)
+    with IndexedRecordIO(idx_path, rec_path, "r") as record:
+        layout = read_layout(record)
+        classes = num_classes or layout.num_classes
+        if num_classes and num_classes < layout.num_classes:
+            raise DataError(f"data.num_classes={num_classes} but {rec_path} holds {layout.num_classes} classes")
+        stat = os.stat(rec_path)
+        tag = hashlib.sha1(f"{os.path.abspath(rec_path)}|{stat.st_size}|{stat.st_mtime_ns}|{classes}|"
+                           f"v{INDEX_VERSION}".encode())
+        directory = cache_dir or _default_cache_dir(root)
+        os.makedirs(directory, exist_ok=True)
+        out = os.path.join(directory, f"train.{tag.hexdigest()[:16]}.images.idx")
+        meta_path = out + ".json"
+        with _exclusive(out + ".lock"):  # ranks starting together would otherwise all scan the file
+            if not (os.path.isfile(out) and os.path.isfile(meta_path)):
+                _write_index(record, layout, classes, out, meta_path)
+    with open(meta_path, "r", encoding="utf-8") as fh:
+        meta = json.load(fh)
+    if meta["skipped"]:
+        log.warning("%s: %d records skipped (garbled or not decodable); listed in %s", rec_path,
+                    len(meta["skipped"]), meta_path)
+    return ImageIndex(out, meta["images"], classes, len(meta["skipped"]), {(w, h): n for w, h, n in meta["sizes"]})
+
+
+def _write_index(record: IndexedRecordIO, layout, classes: int, out: str, meta_path: str) -> None:
+    keys, _ = checked_keys(record, layout, classes)  # logs garbled records; DataError for a label out of range
+    images = check_images(record, keys)
+    for message in list(images.problems.values())[:LOGGED]:
+        log.warning("skipping record: %s", message)
+    skipped = {key: f"{record.uri}: record {key}: garbled record header"
+               for key in sorted(set(layout.image_keys) - set(keys))}
+    skipped.update(images.problems)
+    meta = {"images": len(images.keys), "sizes": [[w, h, n] for (w, h), n in sorted(images.sizes.items())],
+            "skipped": {str(key): skipped[key] for key in sorted(skipped)}}
+    # Meta first: a crash between the two writes leaves no index without its counts.
+    atomic_write_text(meta_path, json.dumps(meta))
+    atomic_write_text(out, "".join(f"{key}\t{record.idx[key]}\n" for key in images.keys))
+    log.info("wrote the image-only index %s (%d images, %d records skipped)", out, len(images.keys), len(skipped))
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: str) -> Iterator[None]:
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _default_cache_dir(root: str) -> str:
+    """Beside the data when writable (fast to share between ranks), else the user's cache."""
+    if os.access(root, os.W_OK):
+        return os.path.join(root, ".fr_cache")
+    return os.path.join(os.path.expanduser("~"), ".cache", "fr")
+
+
+def shard_entries(index_path: str, rank: int, world: int) -> List[Tuple[int, int]]:
+    """(key, offset) of the records DALI's reader gives shard `rank` of `world`, in offset order."""
+    with open(index_path, "r", encoding="ascii") as fh:
+        entries = sorted(((int(key), int(offset)) for key, offset in (line.split() for line in fh)),
+                         key=lambda entry: entry[1])
+    return entries[len(entries) * rank // world:len(entries) * (rank + 1) // world]
+
+
+def write_shard_index(index_path: str, rank: int, world: int, excluded: Sequence[int]) -> Tuple[str, int]:
+    """This rank's shard minus `excluded` keys as its own index file (read with one shard); (path, images).
+
+    Other ranks keep reading the shared index: their shards do not move when this rank drops a record.
+    """
+    drop = set(excluded)
+    entries = [(key, offset) for key, offset in shard_entries(index_path, rank, world) if key not in drop]
+    digest = hashlib.sha1(",".join(map(str, sorted(drop))).encode()).hexdigest()[:12]
+    path = f"{index_path[:-len('.idx')]}.rank{rank}of{world}.{digest}.idx"
+    atomic_write_text(path, "".join(f"{key}\t{offset}\n" for key, offset in entries))
+    return path, len(entries)
+
+
+def read_payloads(rec_path: str, entries: Sequence[Tuple[int, int]]) -> Iterator[Tuple[int, bytes]]:
+    """(key, image payload) of each (key, offset), as DALI's parser cuts it out of the record."""
+    with MXRecordIO(rec_path, "r") as reader:
+        for key, offset in entries:
+            reader.handle.seek(offset)
+            yield key, unpack(reader.read())[1]
