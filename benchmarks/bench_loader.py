@@ -3,8 +3,10 @@
 Builds (once, cached in --workdir) an insightface-layout record file of synthetic faces at 112x112, JPEG
 quality 90, then times batches of flip + normalise: DALI with `--threads` threads, torch with as many workers.
 A pool of rendered faces is reused cyclically (decode cost depends on the bytes, not on their novelty).
+With `--repeats N` the loaders take turns N times and each figure is the median (every run is listed too);
+the load average and the share of CPU time stolen by the hypervisor show how quiet the machine was.
 
-    python benchmarks/bench_loader.py [--images 20000] [--batch 128] [--threads 2] [--epochs 1]
+    python benchmarks/bench_loader.py [--images 20000] [--batch 128] [--threads 2] [--epochs 1] [--repeats 1]
 """
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ import io
 import json
 import os
 import platform
+import statistics
 import time
+from collections import defaultdict
 
 import numpy as np
 import torch
@@ -44,16 +48,19 @@ def build_records(root: str, images: int, per_identity: int, quality: int) -> st
     return root
 
 
-def images_per_second(loader, epochs: int, warmup: int = 3) -> float:
-    """Images/s over `epochs` passes, not counting the first `warmup` batches (pipeline/worker start)."""
-    seen, start = 0, None
+def images_per_second(loader, epochs: int, warmup: int = 3):
+    """(images/s, CPU-us per image) over `epochs` passes, not counting the first `warmup` batches.
+
+    CPU time is this process's (time.process_time: DALI's threads included, DataLoader worker processes not).
+    """
+    seen, start, cpu = 0, None, None
     for epoch in range(epochs):
         loader.set_epoch(epoch)
         for step, (images, labels) in enumerate(loader):
             if epoch == 0 and step == warmup:
-                start, seen = time.perf_counter(), 0
+                start, cpu, seen = time.perf_counter(), time.process_time(), 0
             seen += images.shape[0]
-    return seen / (time.perf_counter() - start)
+    return seen / (time.perf_counter() - start), (time.process_time() - cpu) / seen * 1e6
 
 
 def pipeline_images_per_second(pipe, batch: int, iters: int = 40) -> float:
@@ -74,6 +81,16 @@ def normalise_images_per_second(batch: int, iters: int = 20) -> float:
     return batch * iters / (time.perf_counter() - start)
 
 
+def cpu_steal_jiffies():
+    """(stolen, total) CPU jiffies from /proc/stat (Linux), or None."""
+    try:
+        with open("/proc/stat", "r", encoding="ascii") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except OSError:
+        return None
+    return fields[7], sum(fields[:8])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20000)
@@ -82,6 +99,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2, help="DALI threads and DataLoader workers")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1, help="take turns this many times; report medians")
     parser.add_argument("--workdir", default=os.path.join(os.path.expanduser("~"), ".cache", "fr", "bench_loader"))
     args = parser.parse_args()
     root = os.path.join(args.workdir, f"{args.images}_q{args.quality}")
@@ -94,14 +112,33 @@ def main() -> None:
               "torch": torch.__version__, "images": args.images, "rec_mib": round(rec_mb, 1),
               "batch": args.batch, "threads": args.threads}
     names = ["dali", "torch"] if dali_available() else ["torch"]
-    for name in names:
-        loader = LOADERS[name](cfg, env, seed=0)
-        result[f"{name}_images_per_s"] = round(images_per_second(loader, args.epochs), 1)
-        if name == "dali":
-            result["dali_pipeline_only_images_per_s"] = round(pipeline_images_per_second(loader.pipe, args.batch), 1)
-        del loader
-    # On a GPU run the uint8 -> [-1, 1] conversion runs on the device; on CPU it competes for the cores.
-    result["cpu_normalise_images_per_s"] = round(normalise_images_per_second(args.batch), 1)
+    if dali_available():
+        import nvidia.dali
+
+        result["dali"] = nvidia.dali.__version__
+    runs = defaultdict(list)
+    load_before, steal_before = os.getloadavg()[0], cpu_steal_jiffies()
+    for _ in range(args.repeats):
+        for name in names:
+            loader = LOADERS[name](cfg, env, seed=0)
+            rate, cpu_us = images_per_second(loader, args.epochs)
+            runs[f"{name}_images_per_s"].append(rate)
+            if name == "dali":
+                runs["dali_cpu_us_per_image"].append(cpu_us)
+            if name == "dali":
+                runs["dali_pipeline_only_images_per_s"].append(pipeline_images_per_second(loader.pipe, args.batch))
+            del loader
+        # On a GPU run the uint8 -> [-1, 1] conversion runs on the device; on CPU it competes for the cores.
+        runs["cpu_normalise_images_per_s"].append(normalise_images_per_second(args.batch))
+    for key, values in runs.items():
+        result[key] = round(statistics.median(values), 1)
+        if args.repeats > 1:
+            result[key + "_runs"] = [round(v) for v in values]
+    result["load_average_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    steal_after = cpu_steal_jiffies()
+    if steal_before and steal_after:
+        stolen, total = (after - before for after, before in zip(steal_after, steal_before))
+        result["cpu_steal_percent"] = round(100 * stolen / max(total, 1), 1)
     print(json.dumps(result))
 
 

@@ -133,3 +133,14 @@ def test_garbled_records_are_left_out_of_the_dali_index_and_counted(record_dir, 
         assert len(loader.dataset) == 63 and loader.skipped == 1 and len(loader) == 7
     seen = [k for images, _ in loader for k in image_ids(images)]
     assert sorted(seen) == [k for k in range(64) if k != 9]
+
+
+def test_kept_batches_stay_intact_while_the_pipeline_runs_on(record_dir):
+    loaders = [loader_for(record_dir, rank) for rank in range(2)]
+    kept = [batch for loader in loaders for batch in list(loader)]  # nothing read until both epochs are done
+    seen = []
+    for images, labels in kept:
+        ids = image_ids(images)
+        assert labels.tolist() == [k // PER_IDENTITY for k in ids]
+        seen.extend(ids)
+    assert sorted(seen) == list(range(64))  # a reused output buffer would have overwritten earlier batches
