@@ -39,7 +39,7 @@ class DataConfig:
     batch_size: int = 128          # per rank
     image_size: int = 112
     augment: List[str] = field(default_factory=list)  # of resize, blur, hsv, gray (flip is always on)
-    cache_dir: str = ""            # DALI's filtered index; "" = <data.root>/.fr_cache, else ~/.cache/fr
+    cache_dir: str = ""            # checked image index (both loaders); "" = <data.root>/.fr_cache, else ~/.cache/fr
 
 
 @dataclass

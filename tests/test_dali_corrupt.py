@@ -169,7 +169,7 @@ def test_images_dali_fails_on_while_training_are_found_and_skipped(tmp_path, cap
 
 def test_dali_search_finds_exactly_the_records_it_cannot_decode(tmp_path):
     from fr.data.dali import CHECK_BATCH, undecodable_records
-    from fr.data.dali_index import build_index, shard_entries
+    from fr.data.image_index import build_index, shard_entries
 
     bad = {0: broken_png(4), CHECK_BATCH - 1: bogus_huffman_table(flat_jpeg(9)), CHECK_BATCH: broken_png(5),
            CHECK_BATCH + 7: bogus_huffman_table(flat_jpeg(10))}

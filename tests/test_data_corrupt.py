@@ -11,7 +11,7 @@ from PIL import Image
 
 from fr.config import DataConfig
 from fr.data.datasets import DataError, RecordDataset
-from fr.data.loader import build_loader
+from fr.data.loader import DeviceLoader, build_loader
 from fr.data.recordio import IRHeader, IndexedRecordIO, pack, read_index
 from fr.data.verify import check_images, image_size
 from fr.data.writer import InsightfaceRecordWriter
@@ -38,17 +38,19 @@ def garble(root, key):
         fh.write(b"\xde\xad\xbe\xef")
 
 
-def test_undecodable_and_garbled_records_are_skipped_and_counted(tmp_path):
-    # identity c's images are filled with value 10*c + j so a wrong label would be visible in the pixels
+def corrupt_set(root):
+    """4 identities x 4 images filled with value 10*c + j (a wrong label shows in the pixels); image 12 (key 7)
+    is not a JPEG although it starts like one, and record 12 (identity 2, image 3) has a garbled header."""
     sets = [[png(10 * c + j) for j in range(4)] for c in range(4)]
     sets[1][2] = b"\xff\xd8 not really a jpeg"
-    write_set(tmp_path, sets)
-    garble(str(tmp_path), 12)  # identity 2, image 3 (keys 1..16)
-    loader = build_loader(DataConfig(root=str(tmp_path), batch_size=2, num_workers=2), DistEnv(), seed=0)
-    assert len(loader.dataset) == 15  # the garbled header is found before training and left out
-    assert loader.skipped == 1
+    write_set(root, sets)
+    garble(str(root), 12)
+
+
+def check_batches(loader, epochs=2):
+    """Every batch full, every label belonging to its pixels, the undecodable image never seen."""
     seen = 0
-    for epoch in range(2):
+    for epoch in range(epochs):
         loader.set_epoch(epoch)
         for images, labels in loader:
             assert images.shape[0] == 2  # replacements keep every batch full
@@ -57,8 +59,31 @@ def test_undecodable_and_garbled_records_are_skipped_and_counted(tmp_path):
                 assert value // 10 == int(y)  # the label always belongs to the pixels it comes with
                 assert value != 12  # the undecodable image never appears
                 seen += 1
-    assert seen == 28
-    assert loader.skipped == 1 + 2  # once per epoch for the undecodable image
+    return seen
+
+
+def test_training_loader_leaves_garbled_and_undecodable_records_out_and_counts_them(tmp_path, monkeypatch):
+    corrupt_set(tmp_path)
+    loader = build_loader(DataConfig(root=str(tmp_path), batch_size=2, num_workers=2), DistEnv(), seed=0)
+    # both are found by the cached check of fr.data.image_index before training
+    assert len(loader.dataset) == 14 and loader.skipped == 2
+    assert check_batches(loader) == 28
+    assert loader.stats == {"skipped_records": 2}
+    def no_rescan(*args):
+        raise AssertionError("the record file was scanned again")
+
+    monkeypatch.setattr("fr.data.image_index.checked_keys", no_rescan)
+    again = build_loader(DataConfig(root=str(tmp_path), batch_size=2, num_workers=0), DistEnv(), seed=0)
+    assert len(again.dataset) == 14 and again.skipped == 2  # from the cache, same answer
+
+
+def test_images_undecodable_at_run_time_are_replaced_and_counted(tmp_path):
+    corrupt_set(tmp_path)
+    dataset = RecordDataset(str(tmp_path))  # no index cache: headers checked, images only when loaded
+    assert len(dataset) == 15 and dataset.garbled == 1
+    loader = DeviceLoader(dataset, 2, DistEnv(), num_workers=2, seed=0)
+    assert check_batches(loader) == 28
+    assert loader.skipped == 1 + 2  # the garbled header once, the undecodable image once per epoch
     assert loader.stats == {"skipped_records": 3}
 
 

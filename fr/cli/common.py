@@ -8,7 +8,7 @@ from typing import Callable
 
 # Errors whose message is already phrased for the user: print it, no traceback.
 from fr.config import ConfigError
-from fr.data.datasets import DataError
+from fr.data.layout import DataError
 from fr.data.recordio import RecordIOError
 from fr.train.checkpoint import CheckpointError
 

@@ -1,6 +1,6 @@
 """DALI loader over insightface record files: fn.readers.mxnet sharded by rank, mixed GPU decode or CPU.
 
-The user's `train.rec` is read in place through the checked image-only index of fr.data.dali_index.
+The user's `train.rec` is read in place through the checked image-only index of fr.data.image_index.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from fr.data.dali_index import build_index, read_payloads, shard_entries, write_shard_index
-from fr.data.datasets import DataError, record_paths
+from fr.data.image_index import build_index, read_payloads, shard_entries, write_shard_index
+from fr.data.layout import DataError, record_paths
 from fr.data.loader import normalize
 from fr.distributed import DistEnv
 

@@ -4,92 +4,27 @@ from __future__ import annotations
 import logging
 import os
 import random
-from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
 
 from fr.data.decode import Decoder, get_decoder, resize_rgb
+from fr.data.image_index import build_index, read_index_keys
+from fr.data.layout import DataError, checked_keys, read_layout, record_paths
 from fr.data.recordio import IndexedRecordIO, RecordIOError, unpack
-from fr.data.verify import check_records, label_of, scan_headers
+from fr.data.verify import label_of
 
 log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """A data set that cannot be used as given; the message names the file or record."""
-
-
-@dataclass(frozen=True)
-class RecordLayout:
-    """What a record file holds: the image keys to train on and the number of classes."""
-
-    image_keys: List[int]
-    num_classes: int
-    insightface: bool  # record 0 is a header and identity records follow the images
-    identity_keys: List[int] = field(default_factory=list)  # insightface: N+1 .. N+C
-
-
-def record_paths(root: str) -> Tuple[str, str]:
-    """`root/train.rec` and `root/train.idx`, with a clear error when the directory or files are missing."""
-    if not os.path.isdir(root):
-        raise DataError(f"data directory not found: {root} (set data.root to the folder holding train.rec)")
-    rec, idx = os.path.join(root, "train.rec"), os.path.join(root, "train.idx")
-    if not os.path.isfile(rec):
-        raise DataError(f"{rec} not found: data.root must hold an insightface-layout train.rec/train.idx")
-    return rec, idx
-
-
-def read_layout(record: IndexedRecordIO) -> RecordLayout:
-    """Detect the insightface layout from record 0; otherwise every key is an image."""
-    first_key = min(record.keys) if record.keys else None
-    if first_key is None:
-        raise DataError(f"{record.uri} holds no records")
-    header, _ = unpack(record.read_idx(first_key))
-    if first_key == 0 and header.flag > 0:
-        labels = np.asarray(header.label)
-        if labels.size < 2:
-            raise DataError(f"{record.uri}: header record 0 has flag {header.flag} but needs [N+1, N+1+C] labels")
-        end_images, end_ids = int(labels[0]), int(labels[1])
-        if end_images < 1 or end_ids < end_images:
-            raise DataError(f"{record.uri}: header record 0 label {labels.tolist()} is not [N+1, N+1+C]")
-        missing = [k for k in (1, end_images - 1, end_images, end_ids - 1) if k not in record.idx]
-        if end_images > 1 and missing:
-            raise DataError(f"{record.uri}: header announces images 1..{end_images - 1} and identities "
-                            f"{end_images}..{end_ids - 1} but key {missing[0]} is not in {record.idx_path}")
-        return RecordLayout(list(range(1, end_images)), end_ids - end_images, True,
-                            list(range(end_images, end_ids)))
-    keys = sorted(record.keys)
-    # A plain (im2rec) file carries no class count: take it from the largest readable label.
-    labels = [label_of(h) for _, h, error in scan_headers(record, keys) if error is None]
-    if not labels:
-        raise DataError(f"{record.uri}: no readable record headers")
-    return RecordLayout(keys, max(labels) + 1, False)
-
-
-def checked_keys(record: IndexedRecordIO, layout: RecordLayout, num_classes: int) -> Tuple[List[int], int]:
-    """Header-only check before training: (usable image keys, number of garbled records skipped).
-
-    Raises DataError naming the record for a label outside `[0, num_classes)` or identity records that
-    disagree with the header; garbled records are logged and left out.
-    """
-    result = check_records(record, layout.image_keys, num_classes, layout.identity_keys)
-    if result.errors:
-        more = f" (and {len(result.errors) - 1} more; run `fr-data verify`)" if len(result.errors) > 1 else ""
-        raise DataError(result.errors[0] + more)
-    for message in list(result.garbled.values())[:10]:
-        log.warning("skipping garbled record: %s", message)
-    if result.garbled:
-        log.warning("%s: %d garbled records skipped", record.uri, len(result.garbled))
-    return result.keys, len(result.garbled)
 
 
 class RecordDataset(torch.utils.data.Dataset):
     """Images and int labels from `root/train.rec`; yields (uint8 CHW tensor, int64 label).
 
     Labels and identity records are checked from the headers when the dataset is built (an error names the
-    record). A record that fails to read or decode while training is replaced by the next good one and
+    record). With a `cache_dir` ("" = the default place) the check is the one of `fr.data.image_index`, headers
+    plus a structural image check, done once per record file and shared with the DALI loader; without, the
+    headers are checked every time. A record that fails to read or decode while training is replaced by the next good one and
     counted (`load` returns the count), so batches keep their size and no label is ever wrong.
     Normalisation happens on the training device (see fr.data.loader), so workers ship uint8, 4x less data.
     Each worker process opens its own file handle (the reader reopens after fork).
@@ -99,7 +34,7 @@ class RecordDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: str, num_classes: int = 0, image_size: int = 112, flip: bool = True,
                  decoder: str = "auto", augment: Optional[Callable[[np.ndarray, np.random.Generator], np.ndarray]] = None,
-                 validate: bool = True):
+                 validate: bool = True, cache_dir: Optional[str] = None):
         rec, idx = record_paths(root)
         self.root = root
         self.record = IndexedRecordIO(idx, rec, "r")
@@ -107,8 +42,13 @@ class RecordDataset(torch.utils.data.Dataset):
         if num_classes and num_classes < self.layout.num_classes:
             raise DataError(f"data.num_classes={num_classes} but {rec} holds {self.layout.num_classes} classes")
         self.num_classes = num_classes or self.layout.num_classes
-        self.keys, self.garbled = (checked_keys(self.record, self.layout, self.num_classes) if validate
-                                   else (list(self.layout.image_keys), 0))
+        if validate and cache_dir is not None:
+            index = build_index(root, self.num_classes, cache_dir)
+            self.keys, self.garbled = read_index_keys(index.path), index.skipped
+        elif validate:
+            self.keys, self.garbled = checked_keys(self.record, self.layout, self.num_classes)
+        else:
+            self.keys, self.garbled = list(self.layout.image_keys), 0
         if not self.keys:
             raise DataError(f"{rec}: no readable image records")
         self.image_size = image_size
@@ -221,9 +161,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return to_chw(image, self.flip, self.augment, seed), label, skipped
 
 
-def open_dataset(root: str, **kwargs) -> torch.utils.data.Dataset:
-    """RecordDataset when `root` holds train.rec, else ImageFolderDataset over its identity folders."""
+def open_dataset(root: str, cache_dir: Optional[str] = None, **kwargs) -> torch.utils.data.Dataset:
+    """RecordDataset when `root` holds train.rec (its checked index cached in `cache_dir`, see RecordDataset),
+    else ImageFolderDataset over its identity folders."""
     if os.path.isdir(root) and not os.path.isfile(os.path.join(root, "train.rec")) and any(
             os.path.isdir(os.path.join(root, d)) for d in os.listdir(root)):
         return ImageFolderDataset(root, **kwargs)
-    return RecordDataset(root, **kwargs)
+    return RecordDataset(root, cache_dir=cache_dir, **kwargs)

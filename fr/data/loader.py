@@ -120,7 +120,7 @@ class DeviceLoader:
 
 def build_torch_loader(cfg: DataConfig, env: DistEnv, seed: int) -> DeviceLoader:
     dataset = open_dataset(cfg.root, num_classes=cfg.num_classes, image_size=cfg.image_size, flip=True,
-                           augment=build_augment(cfg.augment))
+                           augment=build_augment(cfg.augment), cache_dir=cfg.cache_dir)
     return DeviceLoader(dataset, cfg.batch_size, env, cfg.num_workers, seed)
 
 

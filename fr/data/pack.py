@@ -10,7 +10,7 @@ from typing import Iterable, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
-from fr.data.datasets import DataError
+from fr.data.layout import DataError
 from fr.data.writer import InsightfaceRecordWriter
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ import logging
 import os
 import numpy as np
 
-from fr.data.datasets import checked_keys, read_layout, record_paths
+from fr.data.layout import checked_keys, read_layout, record_paths
 from fr.data.recordio import IndexedRecordIO
 
 log = logging.getLogger(__name__)

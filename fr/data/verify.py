@@ -260,7 +260,7 @@ class VerifyReport:
 
 def verify_dir(root: str, decode: Callable[[bytes], object], progress=None) -> VerifyReport:
     """Scan every record of `root/train.rec`: structure, headers, labels, identity records, image decode."""
-    from fr.data.datasets import DataError, read_layout, record_paths
+    from fr.data.layout import DataError, read_layout, record_paths
 
     rec_path, idx_path = record_paths(root)
     record = IndexedRecordIO(idx_path, rec_path, "r")

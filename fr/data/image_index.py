@@ -1,9 +1,10 @@
-"""Image-only index files for DALI's RecordIO reader: built once per record file (checked), cached, per-rank.
+"""Checked image-only index files: built once per record file, cached, read by both loaders; DALI shard files.
 
 The user's `.idx` also lists the header record 0 and the identity records, which DALI would read as samples,
-and DALI cannot skip an image it fails to decode. So the reader gets an index of the image records that
+and DALI cannot skip an image it fails to decode. So DALI's reader gets an index of the image records that
 passed the header check and the structural image check (`fr.data.verify.check_images`), written once to a
-cache directory. DALI sorts the offsets it is given, reads each sample up to the next listed offset, and
+cache directory. The torch loader trains on the same keys (and so skips the full header scan at each start).
+DALI sorts the offsets it is given, reads each sample up to the next listed offset, and
 shards the sorted list as `[N * rank // world, N * (rank + 1) // world)`; `shard_entries` repeats that split.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Sequence, Tuple
 
-from fr.data.datasets import DataError, checked_keys, read_layout, record_paths
+from fr.data.layout import DataError, checked_keys, read_layout, record_paths
 from fr.data.recordio import IndexedRecordIO, MXRecordIO, unpack
 from fr.data.verify import check_images
 from fr.fileio import atomic_write_text
@@ -103,6 +104,12 @@ def _default_cache_dir(root: str) -> str:
     if os.access(root, os.W_OK):
         return os.path.join(root, ".fr_cache")
     return os.path.join(os.path.expanduser("~"), ".cache", "fr")
+
+
+def read_index_keys(index_path: str) -> List[int]:
+    """The record keys listed in an index file, in its order."""
+    with open(index_path, "r", encoding="ascii") as fh:
+        return [int(line.split("\t", 1)[0]) for line in fh]
 
 
 def shard_entries(index_path: str, rank: int, world: int) -> List[Tuple[int, int]]:
