@@ -188,3 +188,21 @@ def test_pruning_keeps_the_newest_and_leaves_newer_abandoned_ones(tmp_path):
         saver.save(_Tiny(step))
     assert sorted(os.listdir(directory)) == [POINTER, "step_00000020", "step_00000030", "step_00000099"]
     assert json.load(open(os.path.join(directory, POINTER)))["dir"] == "step_00000030"
+
+
+def test_a_step_directory_being_rewritten_is_not_resumable_meanwhile(tmp_path):
+    """Rewriting the step directory of an abandoned run drops its manifest before any file is replaced."""
+    directory = str(tmp_path / "checkpoints")
+    saver = Checkpointer(directory, DistEnv(rank=0, world_size=1), {"num_classes": 3}, keep=5)
+    saver.save(_Tiny(40))
+    step_dir = os.path.join(directory, "step_00000040")
+
+    class Dies(_Tiny):
+        def state_dict(self):
+            assert not os.path.exists(os.path.join(step_dir, MANIFEST))
+            raise Crash("killed while writing")
+
+    with pytest.raises(Crash):
+        saver.save(Dies(40))
+    with pytest.raises(CheckpointError, match="never completed"):
+        resolve_resume(step_dir, str(tmp_path))

@@ -93,6 +93,13 @@ class Checkpointer:
         step = trainer.state.step
         step_dir = os.path.join(self.directory, step_dir_name(step))
         path = os.path.join(step_dir, rank_file(self.env.rank))
+        manifest_path = os.path.join(step_dir, MANIFEST)
+        if os.path.exists(manifest_path):
+            # A directory of an abandoned run with this step: unmark it before its files are replaced one by
+            # one, so that a crash meanwhile cannot leave a manifest over a mix of old and new files.
+            if self.env.is_main:
+                os.remove(manifest_path)
+            barrier(self.env)
         atomic_save(trainer.state_dict(), path)
         # Every rank's file size reaches rank 0, which records them so that a truncated copy is detected.
         sizes = torch.zeros(self.env.world_size, dtype=torch.int64, device=self.env.device)
@@ -103,7 +110,7 @@ class Checkpointer:
                         "world_size": self.env.world_size,
                         "files": {rank_file(r): size for r, size in enumerate(sizes)},
                         "settings": self.settings}
-            atomic_write_json(os.path.join(step_dir, MANIFEST), manifest)
+            atomic_write_json(manifest_path, manifest)
             atomic_write_json(os.path.join(self.directory, POINTER), {"step": step, "dir": step_dir_name(step)})
             self._prune(step)
             log.info("saved a resumable checkpoint at step %d: %s", step, step_dir)
