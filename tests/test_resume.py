@@ -14,23 +14,15 @@ from fr.train.run import train
 from fr.train.trainer import Trainer
 
 from dist_utils import run_distributed
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE = os.path.join(ROOT, "configs", "synthetic.py")
-
+from tiny_run import RECIPE, tiny_overrides
 
 def tiny_config(data_dir, out_dir, **extra):
-    # 128 images, batch 16: 8 steps per epoch on one rank, 4 per rank on two; 2.5 epochs in all.
-    values = {
-        "data.root": data_dir, "data.synth.identities": 16, "data.synth.per_identity": 8,
-        "data.synth.holdout_identities": 12, "data.synth.pairs": 40, "data.synth.workers": 2,
-        "data.batch_size": 16, "data.num_workers": 0, "model.kwargs": '{"width": 16, "stem_stride": 2}',
-        "model.embedding_size": 64, "train.epochs": 3, "train.max_steps": 20, "train.log_every": 1,
-        "eval.every": 0, "output.dir": out_dir, "output.tensorboard": "false", "output.keep_checkpoints": 2,
-        "partial_fc.sample_rate": 0.5, "optim.warmup_epochs": 0.5,
-    }
+    # 128 images, batch 16: 8 steps per epoch on one rank, 4 per rank on two; 20 steps in all.
+    values = {"train.epochs": 3, "train.max_steps": 20, "train.log_every": 1, "eval.every": 0,
+              "eval.at_start": "false", "output.tensorboard": "false", "output.keep_checkpoints": 2,
+              "partial_fc.sample_rate": 0.5, "optim.warmup_epochs": 0.5}
     values.update(extra)
-    return load_config(RECIPE, [f"{k}={v}" for k, v in values.items()])
+    return load_config(RECIPE, tiny_overrides(data_dir, out_dir, **values))
 
 
 @pytest.fixture(scope="module")

@@ -11,21 +11,7 @@ from fr.cli.train import main as train_main
 from fr.config import load_file
 from fr.models import build_backbone
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE = os.path.join(ROOT, "configs", "synthetic.py")
-
-
-def tiny_overrides(data_dir, out_dir, **extra):
-    values = {
-        "data.root": data_dir, "data.synth.identities": 16, "data.synth.per_identity": 8,
-        "data.synth.holdout_identities": 12, "data.synth.pairs": 40, "data.synth.workers": 2,
-        "data.batch_size": 16, "data.num_workers": 0, "model.kwargs": '{"width": 16, "stem_stride": 2}',
-        "model.embedding_size": 64, "train.max_steps": 6, "train.log_every": 2, "eval.every": 3,
-        "eval.at_start": "true", "output.dir": out_dir,
-    }
-    values.update(extra)
-    return [f"{k}={v}" for k, v in values.items()]
-
+from tiny_run import RECIPE, tiny_overrides
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
