@@ -13,6 +13,7 @@ from torch import nn
 
 from fr.distributed import DistEnv
 from fr.train.logging import MetricLogger
+from fr.train.resume import FORMAT, rng_state, set_rng_state
 
 log = logging.getLogger("fr.train")
 
@@ -108,8 +109,6 @@ class Trainer:
 
     def state_dict(self) -> Dict[str, Any]:
         """Everything this rank needs to continue exactly where it is (see fr.train.resume)."""
-        from fr.train.resume import FORMAT, rng_state
-
         state = self.state
         return {
             "format": FORMAT,
@@ -122,8 +121,6 @@ class Trainer:
         }
 
     def load_state_dict(self, saved: Dict[str, Any]) -> None:
-        from fr.train.resume import set_rng_state
-
         self.plain_backbone.load_state_dict(saved["backbone"])
         self.head.load_state_dict(saved["head"])
         self.optimizer.load_state_dict(saved["optimizer"])
