@@ -2,13 +2,16 @@
 process and over 2 gloo ranks, with the torch and the DALI loader; bad checkpoints fail naming the file."""
 import json
 import os
+import signal
 
 import pytest
 import torch
 
 from fr.config import load_config
 from fr.distributed import DistEnv, env_from_group
+from fr.cli.train import main as train_main
 from fr.train.checkpoint import CheckpointError
+from fr.train.preemption import TrainingInterrupted
 from fr.train.resume import MANIFEST, POINTER, Checkpointer, load_rank_state, resolve_resume, run_settings
 from fr.train.run import train
 from fr.train.trainer import Trainer
@@ -16,13 +19,17 @@ from fr.train.trainer import Trainer
 from dist_utils import run_distributed
 from tiny_run import RECIPE, tiny_overrides
 
-def tiny_config(data_dir, out_dir, **extra):
+def tiny_values(**extra):
     # 128 images, batch 16: 8 steps per epoch on one rank, 4 per rank on two; 20 steps in all.
     values = {"train.epochs": 3, "train.max_steps": 20, "train.log_every": 1, "eval.every": 0,
               "eval.at_start": "false", "output.tensorboard": "false", "output.keep_checkpoints": 2,
               "partial_fc.sample_rate": 0.5, "optim.warmup_epochs": 0.5}
     values.update(extra)
-    return load_config(RECIPE, tiny_overrides(data_dir, out_dir, **values))
+    return values
+
+
+def tiny_config(data_dir, out_dir, **extra):
+    return load_config(RECIPE, tiny_overrides(data_dir, out_dir, **tiny_values(**extra)))
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +205,54 @@ def test_a_step_directory_being_rewritten_is_not_resumable_meanwhile(tmp_path):
         saver.save(Dies(40))
     with pytest.raises(CheckpointError, match="never completed"):
         resolve_resume(step_dir, str(tmp_path))
+
+
+def signal_at(steps, signum, only_rank=None):
+    """Patch Trainer.train_step so that this process sends itself `signum` during call number `steps`."""
+    original, calls = Trainer.train_step, {"n": 0}
+
+    def step(self, images, labels):
+        calls["n"] += 1
+        if calls["n"] == steps and (only_rank is None or self.env.rank == only_rank):
+            os.kill(os.getpid(), signum)
+        return original(self, images, labels)
+
+    Trainer.train_step = step
+    return original
+
+
+def test_sigterm_checkpoints_after_the_step_and_the_run_resumes_exactly(tiny_data, tmp_path):
+    straight = str(tmp_path / "straight")
+    train(tiny_config(tiny_data, straight, **{"output.checkpoint_every": 5}))
+    stopped = str(tmp_path / "stopped")
+    original = signal_at(11, signal.SIGTERM)
+    try:
+        overrides = tiny_overrides(tiny_data, stopped, **tiny_values(**{"output.checkpoint_every": 5}))
+        assert train_main([RECIPE] + overrides) == 128 + signal.SIGTERM  # as if killed by it, after a checkpoint
+    finally:
+        Trainer.train_step = original
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is removed after the run
+    assert resolve_resume("auto", stopped).endswith("step_00000011")
+    assert not os.path.exists(os.path.join(stopped, "model.pt"))  # model.pt means a finished run
+    train(tiny_config(tiny_data, stopped, **{"output.checkpoint_every": 5, "train.resume": "auto"}))
+    assert_same_training(straight, stopped)
+
+
+def _stop_on_one_rank(rank, world_size, data_dir, out_dir):
+    original = signal_at(3, signal.SIGUSR1, only_rank=1)
+    try:
+        train(tiny_config(data_dir, out_dir), env_from_group())
+    except TrainingInterrupted as stopped:
+        return {"step": stopped.step, "signum": stopped.signum, "checkpoint": stopped.checkpoint}
+    finally:
+        Trainer.train_step = original
+    return None
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tiny_data, tmp_path):
+    out = str(tmp_path / "run")
+    results = run_distributed(_stop_on_one_rank, 2, tiny_data, out, timeout_s=300)
+    assert [r["step"] for r in results] == [3, 3] and {r["signum"] for r in results} == {signal.SIGUSR1}
+    assert results[0]["checkpoint"].endswith("step_00000003")
+    manifest = json.load(open(os.path.join(out, "checkpoints", "step_00000003", MANIFEST)))
+    assert sorted(manifest["files"]) == ["rank00000.pt", "rank00001.pt"]

@@ -32,10 +32,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(cfg.to_json())
             return 0
         from fr.distributed import cleanup
+        from fr.train.preemption import TrainingInterrupted
         from fr.train.run import train
 
         try:
             results = train(cfg)
+        except TrainingInterrupted as stopped:
+            print(f"fr-train: {stopped}", file=sys.stderr)
+            return stopped.exit_status
         finally:
             cleanup()
         if results:

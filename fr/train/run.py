@@ -21,6 +21,7 @@ from fr.train.checkpoint import atomic_save, backbone_state_dict
 from fr.train.resume import Checkpointer, load_rank_state, resolve_resume, run_settings
 from fr.train.logging import MetricLogger
 from fr.train.optim import build_optimizer, build_scheduler
+from fr.train.preemption import StopSignals
 from fr.train.trainer import Trainer
 from fr.train.verification_hook import VerificationHook
 
@@ -128,7 +129,9 @@ def train(cfg: Config, env: Optional[DistEnv] = None) -> Dict[str, Any]:
         trainer.eval_results[0] = evaluate(plain_backbone, 0)
     start = time.perf_counter()
     try:
-        state = trainer.fit()
+        with StopSignals() as stop:  # SIGTERM/SIGUSR1: finish the step, checkpoint, raise TrainingInterrupted
+            trainer.stop_requested = stop.requested
+            state = trainer.fit()
     finally:
         metrics.close()  # flush TensorBoard even when the run fails
     train_seconds = time.perf_counter() - start

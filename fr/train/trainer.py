@@ -11,8 +11,9 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from torch import nn
 
-from fr.distributed import DistEnv
+from fr.distributed import DistEnv, all_reduce
 from fr.train.logging import MetricLogger
+from fr.train.preemption import TrainingInterrupted
 from fr.train.resume import FORMAT, rng_state, set_rng_state
 
 log = logging.getLogger("fr.train")
@@ -46,7 +47,8 @@ class Trainer:
                  metrics: MetricLogger, log_every: int, clip_grad_norm: float = 0.0,
                  amp_dtype: Optional[torch.dtype] = None, evaluate: Optional[EvalFn] = None, eval_every: int = 0,
                  exact_backbone_grad: bool = False, channels_last: bool = False,
-                 save_checkpoint: Optional[Callable[["Trainer"], object]] = None, checkpoint_every: int = 0):
+                 save_checkpoint: Optional[Callable[["Trainer"], Optional[str]]] = None, checkpoint_every: int = 0,
+                 stop_requested: Optional[Callable[[], int]] = None):
         self.backbone, self.plain_backbone, self.head = backbone, plain_backbone, head
         self.loader, self.optimizer, self.scheduler = loader, optimizer, scheduler
         self.env, self.total_steps, self.metrics = env, total_steps, metrics
@@ -57,9 +59,10 @@ class Trainer:
         use_scaler = amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=use_scaler)
         self.save_checkpoint, self.checkpoint_every = save_checkpoint, checkpoint_every
+        self.stop_requested = stop_requested  # polled after each step: a signal number, or 0 to go on
         self.state = TrainState()
         self.eval_results: Dict[int, Dict[str, Dict[str, float]]] = {}
-        self._saved_step = -1
+        self._saved_step, self._saved_path = -1, None
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -135,10 +138,19 @@ class Trainer:
         self.eval_results = dict(trainer["eval_results"])
         self._saved_step = self.state.step
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self) -> Optional[str]:
+        """Save (once per step) through `save_checkpoint`; the checkpoint's path, or None without a saver."""
         if self.save_checkpoint is not None and self._saved_step != self.state.step:
-            self.save_checkpoint(self)
+            self._saved_path = self.save_checkpoint(self)
             self._saved_step = self.state.step
+        return self._saved_path if self._saved_step == self.state.step else None
+
+    def _agreed_stop(self) -> int:
+        """The largest signal number any rank was asked to stop with (0: go on); the same on every rank."""
+        if self.stop_requested is None:
+            return 0
+        flag = torch.tensor([self.stop_requested()], dtype=torch.int64, device=self.env.device)
+        return int(all_reduce(flag, self.env, op="max").item())
 
     def fit(self) -> TrainState:
         state = self.state
@@ -160,6 +172,9 @@ class Trainer:
                     self._checkpoint()
                 if state.step >= self.total_steps:
                     break
+                signum = self._agreed_stop()
+                if signum:
+                    raise TrainingInterrupted(signum, state.step, self._checkpoint())
             else:  # the epoch ran to its end (a stop at total_steps mid-epoch leaves the epoch unfinished)
                 state.epoch += 1
                 if not self.checkpoint_every:
