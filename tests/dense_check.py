@@ -8,6 +8,19 @@ import pytest
 import torch
 
 
+# Setups shared by the sharded-head tests: embedding size, batch per rank, and per world size the class
+# count and global labels (repeats, and labels owned by other ranks' shards); a larger class count for sampling.
+D = 8
+B_PER_RANK = 4
+EXACT_SETUPS = {
+    1: (10, [2, 2, 9, 0]),
+    2: (11, [3, 7, 3, 10, 0, 7, 5, 6]),            # shards [0, 6), [6, 11)
+    3: (10, [9, 0, 4, 9, 5, 5, 1, 7, 3, 8, 0, 6]),  # shards [0, 4), [4, 7), [7, 10)
+}
+SAMPLED_CLASSES = 40
+SAMPLED_LABELS = [1, 33, 1, 25, 7, 39, 20, 21, 12, 2, 33, 30]
+
+
 def check_against_dense(results, labels, reference, where, batch_per_rank, loss_abs=None, global_atol=False):
     """Loss and per-rank gradient slices equal the dense reference over the (sampled) classes.
 

@@ -7,23 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dense_check import check_against_dense
+from dense_check import B_PER_RANK, D, EXACT_SETUPS, SAMPLED_CLASSES, SAMPLED_LABELS, check_against_dense
 from dist_utils import run_distributed
 from fr.distributed import DistEnv, env_from_group
 from fr.heads import (ArcFace, CosFace, DistributedSoftmaxCrossEntropy, PartialFC, build_loss,
                       dist_softmax_cross_entropy, register_loss, shard_range)
 
-D = 8
-B_PER_RANK = 4
 MARGINS = {"arcface": {"s": 64.0, "m": 0.5}, "cosface": {"s": 64.0, "m": 0.4}}
-# (num_classes, global labels): repeats, and labels owned by other ranks' shards.
-EXACT_SETUPS = {
-    1: (10, [2, 2, 9, 0]),
-    2: (11, [3, 7, 3, 10, 0, 7, 5, 6]),            # shards [0, 6), [6, 11)
-    3: (10, [9, 0, 4, 9, 5, 5, 1, 7, 3, 8, 0, 6]),  # shards [0, 4), [4, 7), [7, 10)
-}
-SAMPLED_CLASSES = 40
-SAMPLED_LABELS = [1, 33, 1, 25, 7, 39, 20, 21, 12, 2, 33, 30]
 
 
 # ----------------------------------------------------------------------------- independent dense reference

@@ -7,21 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dense_check import check_against_dense
+from dense_check import B_PER_RANK, D, EXACT_SETUPS, SAMPLED_CLASSES, SAMPLED_LABELS, check_against_dense
 from dist_utils import run_distributed
 from fr.distributed import env_from_group
 from fr.heads import MarginContext, PartialFC, build_loss
 
-D = 8
-B_PER_RANK = 4
 EMB_SCALE = 20.0  # norms around 55: inside MagFace's [10, 110] and away from AdaFace's initial mean
-EXACT_SETUPS = {
-    1: (10, [2, 2, 9, 0]),
-    2: (11, [3, 7, 3, 10, 0, 7, 5, 6]),            # shards [0, 6), [6, 11)
-    3: (10, [9, 0, 4, 9, 5, 5, 1, 7, 3, 8, 0, 6]),  # shards [0, 4), [4, 7), [7, 10)
-}
-SAMPLED_CLASSES = 40
-SAMPLED_LABELS = [1, 33, 1, 25, 7, 39, 20, 21, 12, 2, 33, 30]
 # case id -> (loss name, loss params, PartialFC keywords)
 LOSS_CASES = {
     "combined": ("combined", {}, {}),
