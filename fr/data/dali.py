@@ -13,7 +13,7 @@ import torch
 
 from fr.data.image_index import build_index, read_payloads, shard_entries, write_shard_index
 from fr.data.layout import DataError, record_paths
-from fr.data.loader import normalize
+from fr.data.loader import EpochPosition, normalize
 from fr.distributed import DistEnv
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def _build_pipeline(rec_path: str, index_path: str, batch_size: int, shard_id: i
     return pipe
 
 
-class DaliLoader:
+class DaliLoader(EpochPosition):
     """The DeviceLoader interface over a DALI pipeline: (float [-1,1] NCHW, int64 labels) on `env.device`.
 
     Every rank yields `len(self)` batches per epoch: `(N // world) // batch`, the smallest shard's full
@@ -99,8 +99,6 @@ class DaliLoader:
                           seed=seed + env.rank, image_size=image_size, augment=list(augment),
                           initial_fill=initial_fill, resize=set(self.index.sizes) != {(image_size, image_size)})
         self.excluded: List[int] = []  # keys DALI failed to decode while training (this rank's shard)
-        self.epoch = 0
-        self._consumed = 0  # batches yielded in the current epoch
         self._start(checkpoint=None)
 
     @classmethod
@@ -113,36 +111,25 @@ class DaliLoader:
     def skipped(self) -> int:
         return self.index.skipped + len(self.excluded)
 
-    @property
-    def stats(self) -> Dict[str, int]:
-        return {"skipped_records": self.skipped}
-
-    def set_epoch(self, epoch: int) -> None:
-        # DALI reshuffles on its own as it reads on; the epoch only matters for bookkeeping and resume.
-        if epoch != self.epoch:
-            self._consumed = 0
-        self.epoch = epoch
-
     def __len__(self) -> int:
         return self.steps
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        if self._consumed == 0:
+        if self.consumed == 0:
             self._epoch_checkpoint = self.pipe.checkpoint()
             self._runs = 0
         while self._runs < self._epoch_runs:
             outputs = self._read_to(self._runs + 1)
             if self._runs <= self.steps:
-                self._consumed = self._runs
+                self.consumed = self._runs
                 yield self._to_batch(*outputs, self.device)
-        self._consumed = 0
-        self.epoch += 1
+        self._end_epoch()  # DALI reshuffles on its own as it reads on: the epoch is bookkeeping for resume
 
     def state_dict(self) -> Dict[str, object]:
         # Between epochs the reader already stands at the next epoch's start: checkpoint that position,
         # not the finished epoch's start (which would replay the finished epoch).
-        at_boundary = self._consumed == 0
-        return {"epoch": self.epoch, "consumed": self._consumed, "excluded": list(self.excluded),
+        at_boundary = self.consumed == 0
+        return {"epoch": self.epoch, "consumed": self.consumed, "excluded": list(self.excluded),
                 "dali_checkpoint": self.pipe.checkpoint() if at_boundary else self._epoch_checkpoint}
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
@@ -150,8 +137,8 @@ class DaliLoader:
         self.excluded = [int(key) for key in state.get("excluded", [])]
         self._start(checkpoint=state["dali_checkpoint"])
         self.epoch = int(state["epoch"])
-        self._consumed = int(state["consumed"])
-        self._read_to(self._consumed)  # replaying a few batches is cheaper than per-batch checkpoints
+        self.consumed = int(state["consumed"])
+        self._read_to(self.consumed)  # replaying a few batches is cheaper than per-batch checkpoints
 
     def _start(self, checkpoint: Optional[str]) -> None:
         """(Re)build the pipeline over this rank's records, minus `excluded`, at `checkpoint` (an epoch start)."""

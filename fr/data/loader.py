@@ -61,7 +61,30 @@ class ResumableSampler(Sampler):
         return iter([(index, mix_seed(self.seed, self.epoch, index)) for index in indices])
 
 
-class DeviceLoader:
+class EpochPosition:
+    """Where a loader stands: the epoch and the batches yielded in it (what a resumed run continues from),
+    and `stats` for the trainer's logs (`skipped` records). Setting another epoch starts it at its first
+    batch; setting the current one (as a resumed run does) keeps the position."""
+
+    epoch = 0
+    consumed = 0  # batches yielded in the current epoch
+    skipped = 0
+
+    @property
+    def stats(self) -> Dict[str, int]:
+        return {"skipped_records": self.skipped}
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.consumed = 0
+        self.epoch = epoch
+
+    def _end_epoch(self) -> None:
+        self.consumed = 0
+        self.epoch += 1
+
+
+class DeviceLoader(EpochPosition):
     """Iterates (images [B,3,H,W] float in [-1,1], labels [B] int64) on `device`; every rank sees
     the same number of equally sized batches (the head's all-gather needs equal sizes).
 
@@ -80,20 +103,9 @@ class DeviceLoader:
         if self.steps < 1:
             raise ValueError(f"data.batch_size={batch_size} is larger than this rank's share of the data set "
                              f"({len(self.sampler)} of {len(dataset)} images over {env.world_size} ranks)")
-        self.epoch, self.consumed = 0, 0  # batches yielded in the current epoch
         self.loader = DataLoader(_Counting(dataset), batch_size=batch_size, sampler=self.sampler,
                                  num_workers=num_workers, drop_last=True, pin_memory=self.device.type == "cuda",
                                  persistent_workers=num_workers > 0)
-
-    @property
-    def stats(self) -> Dict[str, int]:
-        return {"skipped_records": self.skipped}
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.consumed = 0
-        self.epoch = epoch
-        self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         return self.steps
@@ -107,8 +119,7 @@ class DeviceLoader:
             images = normalize(images.to(self.device, non_blocking=non_blocking))
             self.consumed += 1
             yield images, labels.to(self.device, non_blocking=non_blocking).long()
-        self.consumed = 0
-        self.epoch += 1
+        self._end_epoch()
 
     def state_dict(self) -> Dict[str, int]:
         return {"epoch": self.epoch, "consumed": self.consumed, "skipped": self.skipped}
