@@ -144,3 +144,40 @@ def test_kept_batches_stay_intact_while_the_pipeline_runs_on(record_dir):
         assert labels.tolist() == [k // PER_IDENTITY for k in ids]
         seen.extend(ids)
     assert sorted(seen) == list(range(64))  # a reused output buffer would have overwritten earlier batches
+
+
+@pytest.fixture(scope="module")
+def mirror_dir(tmp_path_factory):
+    """64 images, 8 per identity: the top half a flat grey naming the image (3k), the bottom half black on the
+    left and white on the right, so a horizontal flip shows. Returns (root, {image: decoded pixels})."""
+    root = tmp_path_factory.mktemp("dali_mirror")
+    decoded = {}
+    with InsightfaceRecordWriter(str(root)) as writer:
+        for c in range(IDENTITIES):
+            payloads = []
+            for j in range(PER_IDENTITY):
+                k = c * PER_IDENTITY + j
+                pixels = np.full((112, 112, 3), 3 * k, np.uint8)
+                pixels[56:, :56], pixels[56:, 56:] = 0, 255
+                buf = io.BytesIO()
+                Image.fromarray(pixels).save(buf, format="JPEG", quality=95)
+                payloads.append(buf.getvalue())
+                decoded[k] = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+            writer.add_identity(payloads)
+    return root, decoded
+
+
+def test_each_image_is_flipped_or_not_by_its_own_coin(mirror_dir):
+    root, decoded = mirror_dir
+    loader = loader_for(root, 0, world=1, batch=8)
+    flipped = 0
+    for images, labels in loader:
+        for image, label in zip(images, labels.tolist()):
+            k = image_ids(image[None])[0]
+            assert label == k // PER_IDENTITY
+            reference = torch.from_numpy(decoded[k].astype(np.float32) / 127.5 - 1).permute(2, 0, 1)
+            is_flipped = float(image[:, 100, 10].mean()) > 0  # white on the bottom left
+            expected = reference.flip(2) if is_flipped else reference
+            assert float((image - expected).abs().max()) <= 3 / 127.5  # decoder differences only
+            flipped += is_flipped
+    assert 16 <= flipped <= 48  # 64 fair coins (outside: p < 1e-4)
