@@ -148,6 +148,23 @@ def test_image_check_rejects_what_stops_dalis_decoder():
             image_size(payload)
 
 
+def with_thumbnail(jpeg):
+    """`jpeg` with an APP1 segment holding a whole small JPEG, as EXIF thumbnails do (SOS and EOI included)."""
+    thumbnail = encoded("JPEG", size=(16, 16))
+    body = b"Exif\0\0" + thumbnail
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + jpeg[2:]
+
+
+def test_image_check_is_not_fooled_by_an_embedded_thumbnail():
+    photo = with_thumbnail(encoded("JPEG"))
+    assert image_size(photo) == (112, 96)
+    thumbnail_end = photo.index(b"\xff\xd9") + 2  # the thumbnail's end-of-image marker comes first
+    main_scan = photo.index(b"\xff\xda", thumbnail_end)
+    for cut in (main_scan + 50, len(photo) - 2):  # cut in the photo's scan data; only its EOI missing
+        with pytest.raises(ValueError, match="no end-of-image marker"):
+            image_size(photo[:cut])
+
+
 def test_image_check_leaves_out_a_record_whose_length_runs_into_the_next(tmp_path):
     write_set(tmp_path, [[encoded("JPEG") for _ in range(3)]])
     offset = read_index(os.path.join(tmp_path, "train.idx"))[2]

@@ -26,7 +26,7 @@ from fr.fileio import atomic_write_text
 log = logging.getLogger(__name__)
 
 # Part of the cache name: indexes written by an older check are not reused.
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 # How many skipped records are named in the log (all of them are listed in the index's .json).
 LOGGED = 10
 

@@ -133,12 +133,39 @@ def _jpeg_size(payload: bytes) -> Tuple[int, int]:
 
     # strict: header warnings (bytes where a marker belongs) count as corrupt, as they do for the torch path
     height, width, _, _ = simplejpeg.decode_jpeg_header(payload)
-    scan = payload.find(b"\xff\xda")
     # Scan data cannot hold FF D9 (an FF data byte is always followed by 00), so no end-of-image marker after
     # the first scan header means the payload was cut short or its tail overwritten (e.g. zero-filled).
-    if scan < 0 or payload.find(b"\xff\xd9", scan) < 0:
+    if payload.find(b"\xff\xd9", _first_scan(payload)) < 0:
         raise ValueError("no end-of-image marker (truncated or overwritten)")
     return width, height
+
+
+# Markers that stand alone, without a length field: TEM, RST0-7, SOI, EOI.
+_STANDALONE = {0x01, *range(0xD0, 0xD8), 0xD8, 0xD9}
+
+
+def _first_scan(payload: bytes) -> int:
+    """Offset of the image's first start-of-scan marker, found by walking the header segments.
+
+    A plain byte search could stop inside an APPn segment: an EXIF thumbnail is a whole JPEG, SOS and EOI
+    included, so a truncated photo carrying one would pass the end-of-image test.
+    """
+    pos = 2  # after SOI
+    while pos + 1 < len(payload):
+        if payload[pos] != 0xFF:
+            raise ValueError(f"no marker at byte {pos} of the header")
+        marker = payload[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+        elif marker == 0xDA:
+            return pos
+        elif marker in _STANDALONE:
+            pos += 2
+        elif pos + 4 <= len(payload):
+            pos += 2 + int.from_bytes(payload[pos + 2:pos + 4], "big")
+        else:
+            break
+    raise ValueError("no end-of-image marker (header segments run past the end: truncated)")
 
 
 def _png_size(payload: bytes) -> Tuple[int, int]:
