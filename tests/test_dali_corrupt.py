@@ -166,6 +166,27 @@ def test_images_dali_fails_on_while_training_are_found_and_skipped(tmp_path, cap
     assert sorted(resumed.excluded) == [11, 21] and resumed.stats == {"skipped_records": 2}
     assert head + [image_ids(x, y) for x, y in resumed] == expected
 
+    # A fresh run over the same cache leaves them out from the start, with another world size too.
+    for world in (2, 1):
+        fresh = loaders(tmp_path, batch=5, world=world)
+        assert sorted(key for loader in fresh for key in loader.excluded) == [11, 21, 41, 56]
+        assert sorted(k for loader in fresh for k in epoch(loader, 0)) == \
+            [k for k in range(64) if k not in bad]
+
+
+def test_a_damaged_list_of_undecodable_records_costs_a_search_not_the_run(tmp_path, caplog):
+    from fr.data.image_index import read_undecodable, record_undecodable, undecodable_path
+
+    index = str(tmp_path / "train.0123.images.idx")
+    with open(undecodable_path(index), "w") as fh:
+        fh.write('{"12": "found')  # cut short
+    with caplog.at_level(logging.WARNING):
+        assert read_undecodable(index) == {}
+    assert any(undecodable_path(index) in message for message in caplog.messages)
+    record_undecodable(index, {7: "a"})
+    record_undecodable(index, {3: "b"})
+    assert read_undecodable(index) == {3: "b", 7: "a"}
+
 
 def test_dali_search_finds_exactly_the_records_it_cannot_decode(tmp_path):
     from fr.data.dali import CHECK_BATCH, undecodable_records

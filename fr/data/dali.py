@@ -11,7 +11,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from fr.data.image_index import build_index, read_payloads, shard_entries, write_shard_index
+from fr.data.image_index import (build_index, read_payloads, read_undecodable, record_undecodable, shard_entries,
+                                 undecodable_path, write_shard_index)
 from fr.data.layout import DataError, record_paths
 from fr.data.loader import EpochPosition, normalize
 from fr.distributed import DistEnv
@@ -74,8 +75,9 @@ class DaliLoader(EpochPosition):
     rejects, and the sample its error names, are logged and counted; this rank's reader gets its shard minus
     them as a private index (the other ranks' shards do not move) and re-reads the epoch from its start
     checkpoint up to where it stopped, so every rank still yields `len(self)` batches. That costs a decode
-    pass over the shard plus the re-read, once per run and rank (the exclusions travel in `state_dict`); in
-    that epoch this rank's order changes, so a few of its images may come twice or not at all.
+    pass over the shard plus the re-read, once: the exclusions travel in `state_dict` and are listed beside
+    the index, so later runs leave them out from the start. In that epoch this rank's order changes, so a few
+    of its images may come twice or not at all.
     """
 
     def __init__(self, root: str, batch_size: int, env: DistEnv, seed: int = 0, num_threads: int = 2,
@@ -98,7 +100,7 @@ class DaliLoader(EpochPosition):
         self._args = dict(rec_path=rec_path, batch_size=batch_size, device_id=device_id, num_threads=num_threads,
                           seed=seed + env.rank, image_size=image_size, augment=list(augment),
                           initial_fill=initial_fill, resize=set(self.index.sizes) != {(image_size, image_size)})
-        self.excluded: List[int] = []  # keys DALI failed to decode while training (this rank's shard)
+        self.excluded = self._known_undecodable()  # keys of this rank's shard DALI cannot decode
         self._start(checkpoint=None)
 
     @classmethod
@@ -139,6 +141,17 @@ class DaliLoader(EpochPosition):
         self.epoch = int(state["epoch"])
         self.consumed = int(state["consumed"])
         self._read_to(self.consumed)  # replaying a few batches is cheaper than per-batch checkpoints
+
+    def _known_undecodable(self) -> List[int]:
+        """The keys of this rank's shard that DALI failed to decode in an earlier run over the same index."""
+        known = read_undecodable(self.index.path)
+        if not known:
+            return []
+        mine = sorted({key for key, _ in shard_entries(self.index.path, self.rank, self.world)} & set(known))
+        if mine:
+            log.warning("rank %d: leaving out %d records DALI failed to decode in an earlier run (listed in %s)",
+                        self.rank, len(mine), undecodable_path(self.index.path))
+        return mine
 
     def _start(self, checkpoint: Optional[str]) -> None:
         """(Re)build the pipeline over this rank's records, minus `excluded`, at `checkpoint` (an epoch start)."""
@@ -184,6 +197,9 @@ class DaliLoader(EpochPosition):
                             f"no record of its shard fails to decode on its own") from error
         for key in sorted(found):
             log.warning("skipping record %d of %s: DALI cannot decode its image", key, rec_path)
+        decoder = "cpu" if self._args["device_id"] is None else "mixed"
+        record_undecodable(self.index.path, {key: f"DALI's {decoder} decoder failed on it (rank {self.rank} of "
+                                                  f"{self.world})" for key in found})
         self.excluded.extend(sorted(found))
         log.warning("rank %d: %d undecodable records excluded; re-reading epoch %d up to batch %d without them",
                     self.rank, len(found), self.epoch, self._runs + 1)

@@ -21,7 +21,7 @@ from typing import Dict, Iterator, List, Sequence, Tuple
 from fr.data.layout import DataError, checked_keys, read_layout, record_paths
 from fr.data.recordio import IndexedRecordIO, MXRecordIO, unpack
 from fr.data.verify import check_images
-from fr.fileio import atomic_write_text
+from fr.fileio import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,35 @@ def _exclusive(lock_path: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def undecodable_path(index_path: str) -> str:
+    """Where the records DALI failed to decode while training are listed, beside the index."""
+    return index_path + ".undecodable.json"
+
+
+def read_undecodable(index_path: str) -> Dict[int, str]:
+    """{key: how it was found} of the records DALI failed to decode in earlier runs over this index."""
+    path = undecodable_path(index_path)
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            return {int(key): str(how) for key, how in json.load(fh).items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, AttributeError) as exc:  # a cache: losing it costs one search, not the run
+        log.warning("ignoring %s (%s): records DALI cannot decode will be searched for again", path, exc)
+        return {}
+
+
+def record_undecodable(index_path: str, found: Dict[int, str]) -> None:
+    """Adds `found` ({key: how}) to the list beside the index, so later runs leave them out from the start.
+
+    Ranks that find records at the same time merge their lists under the index's lock.
+    """
+    with _exclusive(index_path + ".lock"):
+        known = read_undecodable(index_path)
+        known.update(found)
+        atomic_write_json(undecodable_path(index_path), {str(key): known[key] for key in sorted(known)})
 
 
 def _default_cache_dir(root: str) -> str:
