@@ -181,3 +181,16 @@ def test_each_image_is_flipped_or_not_by_its_own_coin(mirror_dir):
             assert float((image - expected).abs().max()) <= 3 / 127.5  # decoder differences only
             flipped += is_flipped
     assert 16 <= flipped <= 48  # 64 fair coins (outside: p < 1e-4)
+
+
+def test_the_device_conversion_gives_what_the_host_conversion_gives(mirror_dir):
+    """_device_batch is what a GPU pipeline's outputs go through; run here on CPU outputs."""
+    from fr.data.dali import _cpu_batch, _device_batch
+
+    loader = loader_for(mirror_dir[0], 0, world=1, batch=8)
+    images, labels = loader.pipe.run()
+    host = _cpu_batch(images, labels, torch.device("cpu"))
+    device = _device_batch(images, labels, torch.device("cpu"))
+    for got, expected in zip(device, host):
+        assert got.dtype == expected.dtype and torch.equal(got, expected)
+    assert host[0].shape == (8, 3, 112, 112) and host[1].dtype == torch.int64
