@@ -43,7 +43,8 @@ def _build_pipeline(rec_path: str, index_path: str, batch_size: int, shard_id: i
             images = fn.resize(images, resize_x=image_size, resize_y=image_size)
         images = apply_augments(images, augment)
         # uint8 HWC leaves the pipeline; the conversion to float [-1, 1] follows on the host or device
-        # (_cpu_batch, _device_batch). DALI's crop_mirror_normalize to float plus the copy out measured 1.5x slower on CPU.
+        # (_cpu_batch, _device_batch). On CPU, DALI's crop_mirror_normalize to float plus the copy out measured
+        # 1.5x slower, and host-side flips saved no time (docs/benchmarks.md).
         images = fn.flip(images, horizontal=fn.random.coin_flip(probability=0.5, dtype=types.INT32))
         if gpu:
             labels = labels.gpu()
