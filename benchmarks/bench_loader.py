@@ -64,7 +64,7 @@ def images_per_second(loader, epochs: int, warmup: int = 3):
 
 
 def pipeline_images_per_second(pipe, batch: int, iters: int = 40) -> float:
-    """The DALI pipeline alone (read, decode, flip; uint8 out), without the torch conversion."""
+    """The DALI pipeline alone (read, decode, and flip when OpenCV is missing; uint8 out), without the conversion."""
     for _ in range(3):
         pipe.run()
     start = time.perf_counter()
@@ -116,6 +116,10 @@ def main() -> None:
         import nvidia.dali
 
         result["dali"] = nvidia.dali.__version__
+        from fr.data.dali import _opencv
+
+        cv2 = _opencv()  # with OpenCV the CPU pipeline's flips and conversion run on the host
+        result["opencv"] = cv2.__version__ if cv2 is not None else None
     runs = defaultdict(list)
     load_before, steal_before = os.getloadavg()[0], cpu_steal_jiffies()
     for _ in range(args.repeats):

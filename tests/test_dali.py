@@ -167,9 +167,15 @@ def mirror_dir(tmp_path_factory):
     return root, decoded
 
 
-def test_each_image_is_flipped_or_not_by_its_own_coin(mirror_dir):
+@pytest.mark.parametrize("flipper", ["opencv on the host", "fn.flip in the pipeline"])
+def test_each_image_is_flipped_or_not_by_its_own_coin(mirror_dir, flipper, monkeypatch):
     root, decoded = mirror_dir
+    if flipper == "opencv on the host":
+        pytest.importorskip("cv2")  # a guard only: the `test` extra installs OpenCV
+    else:
+        monkeypatch.setattr("fr.data.dali._opencv", lambda: None)  # as without OpenCV
     loader = loader_for(root, 0, world=1, batch=8)
+    assert (len(loader.pipe.run()) == 3) == (flipper == "opencv on the host")  # the coins leave the pipeline
     flipped = 0
     for images, labels in loader:
         for image, label in zip(images, labels.tolist()):
@@ -183,14 +189,49 @@ def test_each_image_is_flipped_or_not_by_its_own_coin(mirror_dir):
     assert 16 <= flipped <= 48  # 64 fair coins (outside: p < 1e-4)
 
 
-def test_the_device_conversion_gives_what_the_host_conversion_gives(mirror_dir):
-    """_device_batch is what a GPU pipeline's outputs go through; run here on CPU outputs."""
+def test_the_device_conversion_gives_what_the_host_conversion_gives(mirror_dir, monkeypatch):
+    """_device_batch is what a GPU pipeline's outputs go through (flipped by fn.flip); run here on CPU outputs."""
     from fr.data.dali import _cpu_batch, _device_batch
 
+    monkeypatch.setattr("fr.data.dali._opencv", lambda: None)  # the pipeline flips, as on a GPU
     loader = loader_for(mirror_dir[0], 0, world=1, batch=8)
     images, labels = loader.pipe.run()
-    host = _cpu_batch(images, labels, torch.device("cpu"))
-    device = _device_batch(images, labels, torch.device("cpu"))
+    host = _cpu_batch(torch.device("cpu"), images, labels)
+    device = _device_batch(torch.device("cpu"), images, labels)
     for got, expected in zip(device, host):
         assert got.dtype == expected.dtype and torch.equal(got, expected)
     assert host[0].shape == (8, 3, 112, 112) and host[1].dtype == torch.int64
+
+
+class _HostOutput:
+    """Stands in for a DALI CPU TensorList: `as_tensor()` gives the batch as an array."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def as_tensor(self):
+        return self.array
+
+
+@pytest.mark.parametrize("converter", ["opencv", "numpy"])
+def test_the_host_conversion_is_normalize_bit_for_bit_and_flips_by_the_coins(converter, monkeypatch):
+    from fr.data.dali import _cpu_batch
+    from fr.data.loader import normalize
+
+    if converter == "opencv":
+        pytest.importorskip("cv2")  # a guard only: the `test` extra installs OpenCV
+    else:
+        monkeypatch.setattr("fr.data.dali._opencv", lambda: None)
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (6, 20, 14, 3), dtype=np.uint8)
+    pixels[0].flat[:256] = np.arange(256)  # every value once
+    coins = np.array([1, 0, 0, 1, 1, 0], np.int32)
+    labels = np.array([[5, 1], [4, 1], [3, 1], [2, 1], [1, 1], [0, 1]], np.float32)  # multi-label: the first counts
+    flips = _HostOutput(coins) if converter == "opencv" else None  # without OpenCV the pipeline flips
+    images, classes = _cpu_batch(torch.device("cpu"), _HostOutput(pixels), _HostOutput(labels), flips)
+    expected = normalize(torch.from_numpy(pixels)).permute(0, 3, 1, 2)
+    if flips is not None:
+        expected[torch.from_numpy(coins).bool()] = expected[torch.from_numpy(coins).bool()].flip(3)
+    assert images.dtype == torch.float32 and torch.equal(images, expected)
+    assert classes.tolist() == [5, 4, 3, 2, 1, 0] and classes.dtype == torch.int64
+    assert images.permute(0, 2, 3, 1).is_contiguous()  # channels_last memory, as before

@@ -26,7 +26,8 @@ CHECK_BATCH = 64  # images per DALI run when looking for the records DALI cannot
 
 def _build_pipeline(rec_path: str, index_path: str, batch_size: int, shard_id: int, num_shards: int,
                     device_id: Optional[int], num_threads: int, seed: int, image_size: int,
-                    augment: Sequence[str], checkpoint: Optional[str], initial_fill: int, resize: bool):
+                    augment: Sequence[str], checkpoint: Optional[str], initial_fill: int, resize: bool,
+                    host_flip: bool):
     from nvidia.dali import fn, pipeline_def, types
 
     from fr.data.dali_augment import apply_augments
@@ -44,8 +45,11 @@ def _build_pipeline(rec_path: str, index_path: str, batch_size: int, shard_id: i
         images = apply_augments(images, augment)
         # uint8 HWC leaves the pipeline; the conversion to float [-1, 1] follows on the host or device
         # (_cpu_batch, _device_batch). On CPU, DALI's crop_mirror_normalize to float plus the copy out measured
-        # 1.5x slower, and host-side flips saved no time (docs/benchmarks.md).
-        images = fn.flip(images, horizontal=fn.random.coin_flip(probability=0.5, dtype=types.INT32))
+        # 1.5x slower (docs/benchmarks.md).
+        flips = fn.random.coin_flip(probability=0.5, dtype=types.INT32)
+        if host_flip:  # fn.flip costs ~30 CPU-us per image, OpenCV's flip of _cpu_batch's output ~4
+            return images, labels, flips
+        images = fn.flip(images, horizontal=flips)
         if gpu:
             labels = labels.gpu()
         return images, labels
@@ -100,7 +104,8 @@ class DaliLoader(EpochPosition):
         # index_path, shard_id and num_shards are set by _start
         self._args = dict(rec_path=rec_path, batch_size=batch_size, device_id=device_id, num_threads=num_threads,
                           seed=seed + env.rank, image_size=image_size, augment=list(augment),
-                          initial_fill=initial_fill, resize=set(self.index.sizes) != {(image_size, image_size)})
+                          initial_fill=initial_fill, resize=set(self.index.sizes) != {(image_size, image_size)},
+                          host_flip=device_id is None and _opencv() is not None)
         self.excluded = self._known_undecodable()  # keys of this rank's shard DALI cannot decode
         self._start(checkpoint=None)
 
@@ -125,7 +130,7 @@ class DaliLoader(EpochPosition):
             outputs = self._read_to(self._runs + 1)
             if self._runs <= self.steps:
                 self.consumed = self._runs
-                yield self._to_batch(*outputs, self.device)
+                yield self._to_batch(self.device, *outputs)
         self._end_epoch()  # DALI reshuffles on its own as it reads on: the epoch is bookkeeping for resume
 
     def state_dict(self) -> Dict[str, object]:
@@ -276,23 +281,43 @@ class _DatasetInfo:
         return self.images
 
 
-def _cpu_batch(images, labels, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """DALI CPU outputs as (float [-1, 1] NCHW in channels_last memory, int64 labels), converted by numpy.
+def _opencv():
+    """The cv2 module, or None. With OpenCV (any build) the CPU outputs are converted and flipped by it."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
 
-    numpy runs on this thread alone; torch's elementwise kernels wake OpenMP threads that spin on the cores
-    DALI's decoding threads need (on 2 cores: 24 CPU-us per 112x112 image here against ~135 with torch).
-    The conversion reads DALI's output buffer in place and writes a new array, so nothing yielded aliases
-    memory DALI reuses.
+
+def _cpu_batch(device: torch.device, images, labels, flips=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """DALI CPU outputs as (float [-1, 1] NCHW in channels_last memory, int64 labels), converted on the host.
+
+    Not by torch: its elementwise kernels wake OpenMP threads that spin on the cores DALI's decoding threads
+    need (on 2 cores: ~135 CPU-us per 112x112 image inside the running loader). OpenCV maps the pixels
+    through a 256-entry table of fr.data.loader.normalize's values (bit for bit the same), in one pass, and
+    mirrors the images whose coin in `flips` came up; without OpenCV numpy converts (two passes) and the
+    pipeline has flipped. Whole loader, 2 cores: ~210 CPU-us per image with OpenCV, ~236 without
+    (docs/benchmarks.md). The pixels are read in place and written to a new array, so nothing yielded
+    aliases memory DALI reuses.
     """
     pixels = np.asarray(images.as_tensor())
-    out = np.empty(pixels.shape, np.float32)
-    np.divide(pixels, np.float32(127.5), out=out, dtype=np.float32)  # as fr.data.loader.normalize, bit for bit
-    np.subtract(out, np.float32(1.0), out=out)
+    cv2 = _opencv()
+    if cv2 is None:
+        out = np.empty(pixels.shape, np.float32)
+        np.divide(pixels, np.float32(127.5), out=out, dtype=np.float32)  # as normalize, bit for bit
+        np.subtract(out, np.float32(1.0), out=out)
+    else:
+        rows = pixels.reshape(-1, pixels.shape[-2] * pixels.shape[-1])  # cv2.LUT takes 2-D arrays
+        out = cv2.LUT(rows, normalize(torch.arange(256, dtype=torch.uint8)).numpy()).reshape(pixels.shape)
+        if flips is not None:
+            for i in np.flatnonzero(np.asarray(flips.as_tensor()).reshape(-1)):
+                cv2.flip(out[i], 1, dst=out[i])
     classes = np.asarray(labels.as_tensor()).reshape(len(pixels), -1)[:, 0]  # multi-label: the first
     return torch.from_numpy(out).permute(0, 3, 1, 2), torch.from_numpy(classes.astype(np.int64))
 
 
-def _device_batch(images, labels, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+def _device_batch(device: torch.device, images, labels) -> Tuple[torch.Tensor, torch.Tensor]:
     """DALI outputs copied to `device` and converted there by torch: (float [-1, 1] NCHW in channels_last
     memory, int64 labels). Used for GPU pipelines; CPU outputs work too, which is how the tests run it."""
     pixels = normalize(_torch_copy(images, device)).permute(0, 3, 1, 2)
