@@ -2,11 +2,14 @@
 
 Builds (once, cached in --workdir) an insightface-layout record file of synthetic faces at 112x112, JPEG
 quality 90, then times batches of flip + normalise: DALI with `--threads` threads, torch with as many workers.
+With CUDA and DALI, also DALI's mixed (GPU) decode into float batches on GPU 0 (`dali_mixed_images_per_s`,
+over `--gpu-epochs` epochs).
 A pool of rendered faces is reused cyclically (decode cost depends on the bytes, not on their novelty).
 With `--repeats N` the loaders take turns N times and each figure is the median (every run is listed too);
 the load average and the share of CPU time stolen by the hypervisor show how quiet the machine was.
 
     python benchmarks/bench_loader.py [--images 20000] [--batch 128] [--threads 2] [--epochs 1] [--repeats 1]
+                                      [--gpu-epochs 5]
 """
 from __future__ import annotations
 
@@ -58,9 +61,17 @@ def images_per_second(loader, epochs: int, warmup: int = 3):
         loader.set_epoch(epoch)
         for step, (images, labels) in enumerate(loader):
             if epoch == 0 and step == warmup:
+                _finish(images)
                 start, cpu, seen = time.perf_counter(), time.process_time(), 0
             seen += images.shape[0]
+    _finish(images)
     return seen / (time.perf_counter() - start), (time.process_time() - cpu) / seen * 1e6
+
+
+def _finish(images: torch.Tensor) -> None:
+    """Wait for the work queued on the batch's GPU (DALI's copy and the conversion run asynchronously)."""
+    if images.is_cuda:
+        torch.cuda.synchronize(images.device)
 
 
 def pipeline_images_per_second(pipe, batch: int, iters: int = 40) -> float:
@@ -100,18 +111,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="DALI threads and DataLoader workers")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1, help="take turns this many times; report medians")
+    parser.add_argument("--gpu-epochs", type=int, default=5, help="epochs for the mixed-decode figure (GPU only)")
     parser.add_argument("--workdir", default=os.path.join(os.path.expanduser("~"), ".cache", "fr", "bench_loader"))
     args = parser.parse_args()
     root = os.path.join(args.workdir, f"{args.images}_q{args.quality}")
     build_records(root, args.images, args.per_identity, args.quality)
     rec_mb = os.path.getsize(os.path.join(root, "train.rec")) / 2**20
-    env = DistEnv()
     cfg = DataConfig(root=root, batch_size=args.batch, num_workers=args.threads,
                      cache_dir=os.path.join(args.workdir, "cache"))
     result = {"device": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "torch": torch.__version__, "images": args.images, "rec_mib": round(rec_mb, 1),
               "batch": args.batch, "threads": args.threads}
-    names = ["dali", "torch"] if dali_available() else ["torch"]
+    timed = {"torch": ("torch", DistEnv(), args.epochs)}  # figure name: (loader, where it delivers, epochs)
     if dali_available():
         import nvidia.dali
 
@@ -120,16 +131,19 @@ def main() -> None:
 
         cv2 = _opencv()  # with OpenCV the CPU pipeline's flips and conversion run on the host
         result["opencv"] = cv2.__version__ if cv2 is not None else None
+        timed = {"dali": ("dali", DistEnv(), args.epochs), **timed}
+        if torch.cuda.is_available():
+            result["gpu"] = torch.cuda.get_device_name(0)
+            timed["dali_mixed"] = ("dali", DistEnv(device=torch.device("cuda", 0)), args.gpu_epochs)
     runs = defaultdict(list)
     load_before, steal_before = os.getloadavg()[0], cpu_steal_jiffies()
     for _ in range(args.repeats):
-        for name in names:
-            loader = LOADERS[name](cfg, env, seed=0)
-            rate, cpu_us = images_per_second(loader, args.epochs)
+        for name, (kind, env, epochs) in timed.items():
+            loader = LOADERS[kind](cfg, env, seed=0)
+            rate, cpu_us = images_per_second(loader, epochs)
             runs[f"{name}_images_per_s"].append(rate)
             if name == "dali":
                 runs["dali_cpu_us_per_image"].append(cpu_us)
-            if name == "dali":
                 runs["dali_pipeline_only_images_per_s"].append(pipeline_images_per_second(loader.pipe, args.batch))
             del loader
         # On a GPU run the uint8 -> [-1, 1] conversion runs on the device; on CPU it competes for the cores.
