@@ -2,7 +2,7 @@
 from setuptools import find_packages, setup
 
 EXTRAS = {
-    # OpenCV flips the CPU pipeline's images on the host, 7x faster than DALI's fn.flip (any cv2 build will do)
+    # OpenCV converts and flips the DALI CPU pipeline's images on the host: ~10% less CPU than fn.flip + numpy
     "dali": ["nvidia-dali-cuda120", "opencv-python-headless"],
     "deepspeed": ["deepspeed"],
     "ray": ["ray[tune]"],
