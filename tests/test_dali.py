@@ -189,6 +189,20 @@ def test_each_image_is_flipped_or_not_by_its_own_coin(mirror_dir, flipper, monke
     assert 16 <= flipped <= 48  # 64 fair coins (outside: p < 1e-4)
 
 
+def test_a_resumed_run_replays_the_same_flips(mirror_dir):
+    """The coins are pipeline state (checkpointed by DALI) even when OpenCV flips on the host."""
+    reference = loader_for(mirror_dir[0], 0, world=1, batch=8)
+    expected = [images for images, _ in reference]
+    first = loader_for(mirror_dir[0], 0, world=1, batch=8)
+    it = iter(first)
+    head = [next(it)[0] for _ in range(3)]
+    resumed = loader_for(mirror_dir[0], 0, world=1, batch=8)
+    resumed.load_state_dict(first.state_dict())
+    got = head + [images for images, _ in resumed]
+    assert len(got) == len(expected) == 8
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))  # pixels, order and flips
+
+
 def test_the_device_conversion_gives_what_the_host_conversion_gives(mirror_dir, monkeypatch):
     """_device_batch is what a GPU pipeline's outputs go through (flipped by fn.flip); run here on CPU outputs."""
     from fr.data.dali import _cpu_batch, _device_batch
