@@ -228,21 +228,19 @@ class _HostOutput:
 
 
 @pytest.mark.parametrize("converter", ["opencv", "numpy"])
-def test_the_host_conversion_is_normalize_bit_for_bit_and_flips_by_the_coins(converter, monkeypatch):
+def test_the_host_conversion_is_normalize_bit_for_bit_and_flips_by_the_coins(converter):
     from fr.data.dali import _cpu_batch
     from fr.data.loader import normalize
 
-    if converter == "opencv":
-        pytest.importorskip("cv2")  # a guard only: the `test` extra installs OpenCV
-    else:
-        monkeypatch.setattr("fr.data.dali._opencv", lambda: None)
+    # a guard only: the `test` extra installs OpenCV
+    opencv = pytest.importorskip("cv2") if converter == "opencv" else None
     rng = np.random.default_rng(3)
     pixels = rng.integers(0, 256, (6, 20, 14, 3), dtype=np.uint8)
     pixels[0].flat[:256] = np.arange(256)  # every value once
     coins = np.array([1, 0, 0, 1, 1, 0], np.int32)
     labels = np.array([[5, 1], [4, 1], [3, 1], [2, 1], [1, 1], [0, 1]], np.float32)  # multi-label: the first counts
     flips = _HostOutput(coins) if converter == "opencv" else None  # without OpenCV the pipeline flips
-    images, classes = _cpu_batch(torch.device("cpu"), _HostOutput(pixels), _HostOutput(labels), flips)
+    images, classes = _cpu_batch(torch.device("cpu"), _HostOutput(pixels), _HostOutput(labels), flips, opencv=opencv)
     expected = normalize(torch.from_numpy(pixels)).permute(0, 3, 1, 2)
     if flips is not None:
         expected[torch.from_numpy(coins).bool()] = expected[torch.from_numpy(coins).bool()].flip(3)

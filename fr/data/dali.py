@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import partial
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -100,12 +101,13 @@ class DaliLoader(EpochPosition):
             raise ValueError(f"data.batch_size={batch_size} is larger than this rank's share of the data set "
                              f"({per_rank} of {self.index.images} images over {env.world_size} ranks)")
         device_id = (self.device.index or 0) if self.device.type == "cuda" else None
-        self._to_batch: Callable = _device_batch if device_id is not None else _cpu_batch
+        opencv = _opencv() if device_id is None else None  # looked up once: a failed import is not cached
+        self._to_batch: Callable = _device_batch if device_id is not None else partial(_cpu_batch, opencv=opencv)
         # index_path, shard_id and num_shards are set by _start
         self._args = dict(rec_path=rec_path, batch_size=batch_size, device_id=device_id, num_threads=num_threads,
                           seed=seed + env.rank, image_size=image_size, augment=list(augment),
                           initial_fill=initial_fill, resize=set(self.index.sizes) != {(image_size, image_size)},
-                          host_flip=device_id is None and _opencv() is not None)
+                          host_flip=opencv is not None)
         self.excluded = self._known_undecodable()  # keys of this rank's shard DALI cannot decode
         self._start(checkpoint=None)
 
@@ -290,29 +292,29 @@ def _opencv():
     return cv2
 
 
-def _cpu_batch(device: torch.device, images, labels, flips=None) -> Tuple[torch.Tensor, torch.Tensor]:
+def _cpu_batch(device: torch.device, images, labels, flips=None, *,
+               opencv=None) -> Tuple[torch.Tensor, torch.Tensor]:
     """DALI CPU outputs as (float [-1, 1] NCHW in channels_last memory, int64 labels), converted on the host.
 
     Not by torch: its elementwise kernels wake OpenMP threads that spin on the cores DALI's decoding threads
-    need (on 2 cores: ~135 CPU-us per 112x112 image inside the running loader). OpenCV maps the pixels
-    through a 256-entry table of fr.data.loader.normalize's values (bit for bit the same), in one pass, and
-    mirrors the images whose coin in `flips` came up; without OpenCV numpy converts (two passes) and the
-    pipeline has flipped. Whole loader, 2 cores: ~210 CPU-us per image with OpenCV, ~236 without
+    need (on 2 cores: ~135 CPU-us per 112x112 image inside the running loader). OpenCV (`opencv`, the cv2
+    module) maps the pixels through a 256-entry table of fr.data.loader.normalize's values (bit for bit the
+    same), in one pass, and mirrors the images whose coin in `flips` came up; without it numpy converts (two
+    passes) and the pipeline has flipped. Whole loader, 2 cores: ~210 CPU-us per image with OpenCV, ~236 without
     (docs/benchmarks.md). The pixels are read in place and written to a new array, so nothing yielded
     aliases memory DALI reuses.
     """
     pixels = np.asarray(images.as_tensor())
-    cv2 = _opencv()
-    if cv2 is None:
+    if opencv is None:
         out = np.empty(pixels.shape, np.float32)
         np.divide(pixels, np.float32(127.5), out=out, dtype=np.float32)  # as normalize, bit for bit
         np.subtract(out, np.float32(1.0), out=out)
     else:
         rows = pixels.reshape(-1, pixels.shape[-2] * pixels.shape[-1])  # cv2.LUT takes 2-D arrays
-        out = cv2.LUT(rows, normalize(torch.arange(256, dtype=torch.uint8)).numpy()).reshape(pixels.shape)
+        out = opencv.LUT(rows, normalize(torch.arange(256, dtype=torch.uint8)).numpy()).reshape(pixels.shape)
         if flips is not None:
             for i in np.flatnonzero(np.asarray(flips.as_tensor()).reshape(-1)):
-                cv2.flip(out[i], 1, dst=out[i])
+                opencv.flip(out[i], 1, dst=out[i])
     classes = np.asarray(labels.as_tensor()).reshape(len(pixels), -1)[:, 0]  # multi-label: the first
     return torch.from_numpy(out).permute(0, 3, 1, 2), torch.from_numpy(classes.astype(np.int64))
 
