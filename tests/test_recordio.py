@@ -10,9 +10,8 @@ from fr.data.recordio import (MAGIC, IRHeader, IndexedRecordIO, MXRecordIO, Reco
 from fr.data.verify import label_of, scan_headers
 from fr.data.writer import InsightfaceRecordWriter
 
-# Files written by real MXNet 1.9.1; they sit in ../shared beside the checkout (FR_MXNET_FIXTURES overrides).
-FIXTURES = os.environ.get("FR_MXNET_FIXTURES") or os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "fixtures", "mxnet")
+# Files written by real MXNet 1.9.1, vendored in tests/fixtures/mxnet (its README says how they were made).
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "mxnet")
 MAGIC_BYTES = struct.pack("<I", MAGIC)
 
 
