@@ -15,12 +15,13 @@ from typing import Any, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
+from evaluation.errors import UserInputError
 
 ImageSize = Union[int, Tuple[int, int]]
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
-class BinFormatError(ValueError):
+class BinFormatError(UserInputError):
     """A `.bin` file that is not a verification set; the message names the file and what was expected."""
 
 

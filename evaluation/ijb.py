@@ -22,6 +22,7 @@ from PIL import Image
 
 from evaluation.align import align_face
 from evaluation.metrics import Roc, auc, far_table, roc_curve
+from evaluation.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ POOL_CHUNK = 1 << 17
 DENSE_BLOCK_BYTES = 512 << 20
 
 
-class IJBFormatError(ValueError):
+class IJBFormatError(UserInputError):
     """A malformed or inconsistent IJB file; the message names the file and line."""
 
 

@@ -9,9 +9,10 @@ import runpy
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Sequence, Tuple
+from evaluation.errors import UserInputError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserInputError):
     """A configuration problem, phrased as one line naming the key or file."""
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 import difflib
 import inspect
 from typing import Any, Callable, Dict, Iterable, List, TypeVar
+from evaluation.errors import UserInputError
 
 T = TypeVar("T", bound=Callable[..., Any])
 
 
-class UnknownNameError(KeyError, ValueError):
+class UnknownNameError(KeyError, UserInputError):
     """A name that is not registered; catchable as KeyError or ValueError."""
 
     def __str__(self) -> str:

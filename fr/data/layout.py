@@ -10,11 +10,12 @@ import numpy as np
 
 from fr.data.recordio import IndexedRecordIO, unpack
 from fr.data.verify import check_records, label_of, scan_headers
+from evaluation.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(UserInputError):
     """A data set that cannot be used as given; the message names the file or record."""
 
 

@@ -15,6 +15,7 @@ from collections import namedtuple
 from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
+from evaluation.errors import UserInputError
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -27,7 +28,7 @@ IRHeader.__doc__ = """Image record header: `flag` > 0 means `flag` float labels 
 holds them as an array); otherwise `label` is a single float. `id`/`id2` are 64-bit integers."""
 
 
-class RecordIOError(ValueError):
+class RecordIOError(UserInputError):
     """A .rec/.idx file that does not follow the RecordIO format; the message names the file and offset."""
 
 

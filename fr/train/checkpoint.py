@@ -9,9 +9,10 @@ from torch import nn
 
 from fr.config import Config, ConfigError, load_file
 from fr.fileio import atomic_write
+from evaluation.errors import UserInputError
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserInputError):
     """A checkpoint that cannot be read or does not fit the model; the message names the file."""
 
 
