@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Callable, Dict, Iterable, List, TypeVar
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Sequence, Tuple, TypeVar
+
 from evaluation.errors import UserInputError
 
 T = TypeVar("T", bound=Callable[..., Any])
@@ -30,10 +31,16 @@ def keyword_names(factory: Callable[..., Any]) -> List[str]:
 
 
 class Registry:
-    """Factories by name: `register(name)` decorates, `build(name, **kwargs)` checks keywords and calls."""
+    """Factories by name: `register(name)` decorates, `get(name)` looks up, `build(name, **kwargs)` checks
+    keywords and calls. Iteration follows registration order; `names()` is sorted.
 
-    def __init__(self, kind: str):
+    `special` lists names such as "auto" that callers resolve themselves before a lookup: they are valid
+    choices (in `choices()`, error messages and suggestions) but have no entry.
+    """
+
+    def __init__(self, kind: str, special: Sequence[str] = ()):
         self.kind = kind
+        self.special = tuple(special)
         self._entries: Dict[str, Callable[..., Any]] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -41,22 +48,43 @@ class Registry:
             if name in self._entries and self._entries[name] is not factory:
                 raise ValueError(f"{self.kind} {name!r} is already registered "
                                  f"by {getattr(self._entries[name], '__qualname__', self._entries[name])}")
+            if name in self.special:
+                raise ValueError(f"{self.kind} {name!r} is reserved")
             self._entries[name] = factory
             return factory
 
         return decorator
 
     def names(self) -> List[str]:
+        """The registered names, sorted."""
         return sorted(self._entries)
 
-    def __contains__(self, name: str) -> bool:
+    def choices(self) -> List[str]:
+        """Every name a config may give: the registered ones, then the special ones."""
+        return self.names() + list(self.special)
+
+    def __contains__(self, name: object) -> bool:
         return name in self._entries
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._entries))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def items(self) -> List[Tuple[str, Callable[..., Any]]]:
+        """(name, factory) pairs in registration order."""
+        return list(self._entries.items())
+
     def get(self, name: str) -> Callable[..., Any]:
+        """The factory registered as `name`; otherwise a one-line UnknownNameError with close matches."""
         if name not in self._entries:
-            raise UnknownNameError(f"unknown {self.kind} {name!r}{suggest(name, self._entries)}; "
-                                   f"accepted: {', '.join(self.names())}")
+            choices = self.choices()
+            raise UnknownNameError(f"unknown {self.kind} {name!r}{suggest(name, choices)}; "
+                                   f"accepted: {', '.join(choices)}")
         return self._entries[name]
+
+    __getitem__ = get
 
     def build(self, name: str, **kwargs: Any) -> Any:
         """Call the factory registered as `name`; an unknown or missing keyword is a one-line ValueError."""

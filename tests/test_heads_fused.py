@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from fr.distributed import DistEnv
-from fr.heads import ArcFace, CombinedMargin, CosFace, PartialFC, dist_softmax_cross_entropy
+from fr.heads import (ArcFace, CombinedMargin, CosFace, MarginLoss, PartialFC, available_losses, build_loss,
+                      dist_softmax_cross_entropy)
 from fr.heads.cosine import cosine_logits
 from fr.heads.fused import fused_margin_softmax_ce
 
@@ -72,3 +73,43 @@ def test_partial_fc_fused_path_equals_unfused():
     torch.testing.assert_close(losses[0], losses[1])
     for got, want in zip(grads[0], grads[1]):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+
+
+class _Shifted(MarginLoss):
+    """A margin outside fr that declares the fused path: target cos - 0.2."""
+
+    fused_margin = True
+
+    def target_logit(self, cos_target, ctx=None):
+        return cos_target - 0.2
+
+
+class _ArcFaceReadingContext(ArcFace):
+    """An ArcFace subclass whose target reads ctx, which the fused path does not pass: it must not inherit it."""
+
+    def target_logit(self, cos_target, ctx=None):
+        return super().target_logit(cos_target, ctx) + 0.0 * ctx.norms.mean()
+
+
+def test_fused_path_is_declared_per_margin_class():
+    emb = torch.randn(6, 8, requires_grad=True)
+    labels = torch.tensor([0, 3, 9, 3, 1, 7])
+    heads = {name: PartialFC(build_loss(name), 8, 10) for name in available_losses()}
+    fused = {name for name, head in heads.items() if head._fusable(emb, head.weight)}
+    assert fused == {"arcface", "cosface", "combined"}
+    inherited = PartialFC(_ArcFaceReadingContext(s=8.0), 8, 10)
+    assert not inherited._fusable(emb, inherited.weight)
+    assert torch.isfinite(inherited(emb, labels))
+
+    heads = [PartialFC(_Shifted(s=8.0), 8, 10, seed=2) for _ in range(2)]
+    heads[1].interclass_filtering_threshold = 0.999  # forces the general path, changes nothing else
+    fused_loss, plain_loss = (head(emb, labels) for head in heads)
+    torch.testing.assert_close(fused_loss, plain_loss)
+    fused_loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="cannot run twice"):  # only the fused function refuses this
+        fused_loss.backward()
+
+
+def test_partial_fc_takes_margin_losses_only():
+    with pytest.raises(TypeError, match="margin_loss must be a fr.heads.MarginLoss, got Identity"):
+        PartialFC(torch.nn.Identity(), 8, 10)

@@ -4,12 +4,15 @@ Each is applied with probability `P` to an RGB uint8 HxWx3 array; `data.augment`
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageFilter
 
+from fr.registry import Registry
+
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+AUGMENTS = Registry("augmentation")  # name -> Augment
 
 P = 0.2           # probability of each augmentation per image
 SCALE = (0.2, 0.8)  # down-and-up resize: intermediate size as a fraction of the side
@@ -18,6 +21,7 @@ HUE = 0.1          # hue jitter, fraction of the colour circle
 SATURATION = (0.6, 1.4)
 
 
+@AUGMENTS.register("resize")
 def down_up_resize(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Simulate a low-resolution source: bilinear down to a random size and back."""
     h, w = image.shape[:2]
@@ -26,10 +30,12 @@ def down_up_resize(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(small.resize((w, h), Image.BILINEAR))
 
 
+@AUGMENTS.register("blur")
 def gaussian_blur(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(rng.uniform(*SIGMA))))
 
 
+@AUGMENTS.register("hsv")
 def hsv_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Shift hue and scale saturation in HSV space."""
     hsv = np.asarray(Image.fromarray(image).convert("HSV")).astype(np.int16)
@@ -38,26 +44,18 @@ def hsv_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB"))
 
 
+@AUGMENTS.register("gray")
 def grayscale(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     gray = np.asarray(Image.fromarray(image).convert("L"))
     return np.repeat(gray[..., None], 3, axis=2)
-
-
-AUGMENTS: Dict[str, Augment] = {
-    "resize": down_up_resize,
-    "blur": gaussian_blur,
-    "hsv": hsv_jitter,
-    "gray": grayscale,
-}
 
 
 class Compose:
     """Applies each named augmentation with probability `p`; picklable for DataLoader workers."""
 
     def __init__(self, names: Sequence[str], p: float = P):
-        unknown = [n for n in names if n not in AUGMENTS]
-        if unknown:
-            raise ValueError(f"unknown augmentation {unknown[0]!r}; choose from {sorted(AUGMENTS)}")
+        for name in names:
+            AUGMENTS.get(name)  # an unknown name fails here, not in a loader worker
         self.names: List[str] = list(names)
         self.p = p
 

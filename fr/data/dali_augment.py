@@ -1,9 +1,12 @@
 """The optional augmentations of fr.data.augment as DALI graph operations (names as in `data.augment`)."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Sequence
+from typing import Sequence
 
 from fr.data.augment import HUE, P, SATURATION, SCALE, SIGMA
+from fr.registry import Registry
+
+DALI_AUGMENTS = Registry("DALI augmentation")  # name -> (fn, images) -> augmented images
 
 
 def _gate(fn, images, augmented):
@@ -15,6 +18,7 @@ def _gate(fn, images, augmented):
     return fn.cast(images * keep + augmented * take, dtype=types.UINT8)
 
 
+@DALI_AUGMENTS.register("resize")
 def _down_up(fn, images):
     from nvidia.dali import types
 
@@ -24,20 +28,20 @@ def _down_up(fn, images):
     return fn.resize(small, size=size)
 
 
+@DALI_AUGMENTS.register("blur")
 def _blur(fn, images):
     return fn.gaussian_blur(images, sigma=fn.random.uniform(range=SIGMA))
 
 
+@DALI_AUGMENTS.register("hsv")
 def _hsv(fn, images):
     return fn.hsv(images, hue=fn.random.uniform(range=(-HUE * 360, HUE * 360)),
                   saturation=fn.random.uniform(range=SATURATION))
 
 
+@DALI_AUGMENTS.register("gray")
 def _gray(fn, images):
     return fn.hsv(images, saturation=0.0)
-
-
-DALI_AUGMENTS: Dict[str, Callable] = {"resize": _down_up, "blur": _blur, "hsv": _hsv, "gray": _gray}
 
 
 def apply_augments(images, names: Sequence[str]):
@@ -45,7 +49,5 @@ def apply_augments(images, names: Sequence[str]):
     from nvidia.dali import fn
 
     for name in names:
-        if name not in DALI_AUGMENTS:
-            raise ValueError(f"unknown augmentation {name!r}; choose from {sorted(DALI_AUGMENTS)}")
-        images = _gate(fn, images, DALI_AUGMENTS[name](fn, images))
+        images = _gate(fn, images, DALI_AUGMENTS.get(name)(fn, images))
     return images

@@ -6,10 +6,13 @@ PyTurboJPEG needs the system libturbojpeg, which pip cannot provide, so it is no
 from __future__ import annotations
 
 import io
-from typing import Callable, Dict
+from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
+
+from evaluation.errors import UserInputError
+from fr.registry import Registry
 
 Decoder = Callable[[bytes], np.ndarray]
 
@@ -27,31 +30,32 @@ def _decode_simplejpeg(payload: bytes) -> np.ndarray:
     return simplejpeg.decode_jpeg(payload, colorspace="RGB")
 
 
-def _simplejpeg_available() -> bool:
+# name -> () -> the decoder, or None when its package is not installed; registered fastest first.
+DECODERS = Registry("image decoder", special=("auto",))
+
+
+@DECODERS.register("simplejpeg")
+def simplejpeg_decoder() -> Optional[Decoder]:
     try:
         import simplejpeg  # noqa: F401
     except ImportError:
-        return False
-    return True
+        return None
+    return _decode_simplejpeg
 
 
-# name -> (decoder, is it usable here); ordered fastest first.
-DECODERS: Dict[str, tuple] = {
-    "simplejpeg": (_decode_simplejpeg, _simplejpeg_available),
-    "pillow": (_decode_pillow, lambda: True),
-}
+@DECODERS.register("pillow")
+def pillow_decoder() -> Optional[Decoder]:
+    return _decode_pillow
 
 
 def get_decoder(name: str = "auto") -> Decoder:
     """The decoder called `name`, or with "auto" the fastest one installed (Pillow always is)."""
     if name == "auto":
-        return next(fn for fn, available in DECODERS.values() if available())
-    if name not in DECODERS:
-        raise ValueError(f"unknown image decoder {name!r}; choose from {['auto', *DECODERS]}")
-    fn, available = DECODERS[name]
-    if not available():
-        raise ValueError(f"image decoder {name!r} is not installed (pip install {name})")
-    return fn
+        return next(decoder for decoder in (factory() for _, factory in DECODERS.items()) if decoder is not None)
+    decoder = DECODERS.get(name)()
+    if decoder is None:
+        raise UserInputError(f"image decoder {name!r} is not installed (pip install {name})")
+    return decoder
 
 
 def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
@@ -71,10 +71,19 @@ class MarginLoss(nn.Module):
     the target implement `target_logit(cos_target [B, 1], ctx)`; losses that reshape other logits override
     `forward`. `reduce(logits, local_target, ctx)` turns logits into the loss with the objective named by
     `objective`; losses with extra terms override it.
+
+    `fused_margin = True` declares that `target_logit(cos)` depends on the cosine alone (no ctx, no state
+    set by `forward`) and that `forward` and `reduce` are this base's with softmax CE, so PartialFC may
+    take its fused path. Each class declares it for itself: it is not inherited, as a subclass may break it.
     """
 
     objective = "softmax_ce"
     needs_target_cos = False
+    fused_margin = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.fused_margin = bool(cls.__dict__.get("fused_margin", False))
 
     def __init__(self, s: float) -> None:
         super().__init__()
@@ -116,6 +125,7 @@ class ArcFace(MarginLoss):
     """
 
     eps = ANGLE_EPS
+    fused_margin = True
 
     def __init__(self, s: float = 64.0, m: float = 0.5, exact_gradient: bool = False) -> None:
         super().__init__(s)
@@ -136,6 +146,8 @@ class ArcFace(MarginLoss):
 class CosFace(MarginLoss):
     """CosFace, additive cosine margin: target logit s*(cos - m)."""
 
+    fused_margin = True
+
     def __init__(self, s: float = 64.0, m: float = 0.4) -> None:
         super().__init__(s)
         self.m = check_finite("m", m)
@@ -155,6 +167,8 @@ class CombinedMargin(MarginLoss):
     cos - c0 - 1 - m3, which is continuous and non-decreasing. m1=1, m3=0 is ArcFace; m1=1, m2=0 is
     CosFace. Defaults are the ArcFace paper's combination (1, 0.3, 0.2). exact_gradient as in ArcFace.
     """
+
+    fused_margin = True
 
     def __init__(self, s: float = 64.0, m1: float = 1.0, m2: float = 0.3, m3: float = 0.2,
                  exact_gradient: bool = False) -> None:

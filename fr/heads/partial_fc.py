@@ -10,15 +10,13 @@ from torch import nn
 from fr.distributed import DistEnv, all_gather_no_grad, all_gather_with_grad, all_reduce, env_from_group
 from fr.heads.cosine import cosine_logits
 from fr.heads.fused import fused_margin_softmax_ce
-from fr.heads.margins import ArcFace, CombinedMargin, CosFace, MarginContext
+from fr.heads.margins import MarginContext, MarginLoss
 from fr.heads.objectives import get_objective
 from fr.heads.seeding import mix_seed
 
 # Stream tags keep the weight-init and sampling generators apart for the same (seed, rank).
 _INIT_STREAM = 1
 _SAMPLE_STREAM = 2
-# Margins that change only the target cosine, through target_logit alone (no ctx): the fused path serves them.
-_FUSABLE_MARGINS = (ArcFace, CosFace, CombinedMargin)
 UPDATE_MODES = ("dense", "sparse")
 
 
@@ -36,10 +34,11 @@ class PartialFC(nn.Module):
     `forward(local_embeddings [b, D], local_labels [b]) -> loss` gathers embeddings (with grad) and labels
     from all ranks, so every rank must pass the same b each step (drop the last incomplete batch); this,
     and labels in [0, num_classes), is checked with one small collective. Cosine logits against the local
-    shard go through `margin_loss` in fp32 and then the objective it names (softmax CE by default), whose
-    loss is the mean over the global batch and identical on every rank. ArcFace, CosFace and CombinedMargin
-    in fp32 without inter-class filtering take `fused_margin_softmax_ce` instead: the same maths in fewer
-    passes over the [B, k] logits, whose backward can run only once per forward.
+    shard go through `margin_loss` (a MarginLoss) in fp32 and then its `reduce` (softmax CE by default), whose
+    loss is the mean over the global batch and identical on every rank. Margin losses declaring
+    `fused_margin` (ArcFace, CosFace, CombinedMargin), in fp32 without inter-class filtering, take
+    `fused_margin_softmax_ce` instead: the same maths in fewer passes over the [B, k] logits, whose backward
+    can run only once per forward.
 
     With sample_rate < 1, in training mode, each step keeps every local class that is a target in the
     global batch plus uniformly drawn other local classes, int(sample_rate * num_local) in all (more if the
@@ -62,6 +61,8 @@ class PartialFC(nn.Module):
                  interclass_filtering_threshold: float = 0.0) -> None:
         super().__init__()
         env = env if env is not None else env_from_group()
+        if not isinstance(margin_loss, MarginLoss):
+            raise TypeError(f"margin_loss must be a fr.heads.MarginLoss, got {type(margin_loss).__name__}")
         if embedding_size < 1:
             raise ValueError(f"embedding_size must be positive, got {embedding_size}")
         if num_classes < env.world_size:
@@ -74,15 +75,15 @@ class PartialFC(nn.Module):
         threshold = float(interclass_filtering_threshold)
         if not 0.0 <= threshold < 1.0:
             raise ValueError(f"interclass_filtering_threshold must be in [0, 1) (0 disables), got {threshold}")
-        objective = getattr(margin_loss, "objective", "softmax_ce")
-        if threshold and objective != "softmax_ce":
-            raise ValueError(f"interclass_filtering_threshold needs a softmax-type loss, got objective {objective!r}")
+        get_objective(margin_loss.objective)  # an unknown objective fails here rather than at the first step
+        if threshold and margin_loss.objective != "softmax_ce":
+            raise ValueError("interclass_filtering_threshold needs a softmax-type loss, "
+                             f"got objective {margin_loss.objective!r}")
         self.margin_loss = margin_loss
         self.update = update
         self.interclass_filtering_threshold = threshold
         self._sparse_pending: List[Tuple[torch.Tensor, torch.Tensor]] = []
         self._spare_rows: Optional[torch.Tensor] = None
-        self.objective = get_objective(getattr(margin_loss, "objective", "softmax_ce"))
         self.env = env
         self.embedding_size = int(embedding_size)
         self.num_classes = int(num_classes)
@@ -128,17 +129,14 @@ class PartialFC(nn.Module):
         if self.interclass_filtering_threshold:
             cos = self._filter(cos, local_target)
         ctx = MarginContext(env=self.env, norms=norms)
-        if getattr(self.margin_loss, "needs_target_cos", False):
+        if self.margin_loss.needs_target_cos:
             ctx.target_cos = self._global_target_cos(cos, local_target)
         logits = self.margin_loss(cos, local_target, ctx)
-        reduce = getattr(self.margin_loss, "reduce", None)
-        if reduce is None:
-            return self.objective(logits, local_target, self.env)
-        return reduce(logits, local_target, ctx)
+        return self.margin_loss.reduce(logits, local_target, ctx)
 
     def _fusable(self, embeddings: torch.Tensor, weight: torch.Tensor) -> bool:
         """Whether this step can take the fused fp32 margin + softmax CE path (same maths, fewer [B, k] passes)."""
-        return (type(self.margin_loss) in _FUSABLE_MARGINS and not self.interclass_filtering_threshold
+        return (self.margin_loss.fused_margin and not self.interclass_filtering_threshold
                 and weight.shape[0] > 0 and weight.dtype == torch.float32 and embeddings.dtype == torch.float32
                 and not torch.is_autocast_enabled(weight.device.type))
 
