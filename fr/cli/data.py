@@ -6,7 +6,7 @@ import json
 import sys
 from typing import List, Optional
 
-from fr.cli.common import run_cli, setup_logging
+from fr.cli.common import UsageError, run_cli, setup_logging
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -16,7 +16,7 @@ def _synth(args: argparse.Namespace) -> int:
     cfg = SynthConfig(identities=args.identities, per_identity=args.per_identity,
                       holdout_identities=args.holdout_identities, pairs=args.pairs, seed=args.seed,
                       workers=args.workers, difficulty=args.difficulty)
-    generate(args.out, cfg)
+    generate(args.out, cfg, command="fr-data synth")
     print(json.dumps({"out": args.out, "images": cfg.identities * cfg.per_identity,
                       "identities": cfg.identities, "pairs": cfg.pairs}))
     return 0
@@ -36,7 +36,7 @@ def _info(args: argparse.Namespace) -> int:
         "identities": dataset.num_classes,
         "label_range": [min(labels), max(labels)],
         "image_size": list(image.shape[1:]),
-        "garbled_records": dataset.garbled,
+        "skipped_records": dataset.skipped,
     }
     _emit(info, args.json)
     return 0
@@ -73,11 +73,11 @@ def _pack(args: argparse.Namespace) -> int:
     from fr.data.pack import group_by_label, list_image_folder, pack, read_lst
 
     if (args.folder is None) == (args.lst is None):
-        raise ValueError("fr-data pack needs exactly one of --folder DIR or --lst FILE")
+        raise UsageError("fr-data pack needs exactly one of --folder DIR or --lst FILE")
     source = args.folder or args.lst
     items = list_image_folder(args.folder) if args.folder else read_lst(args.lst, args.image_root)
     result = pack(group_by_label(items, source), args.out, size=args.size, quality=args.quality,
-                  workers=args.workers, progress=not args.quiet)
+                  workers=args.workers, progress=not args.quiet, sources=[source])
     print(json.dumps({**result, "failed": len(result["failed"])}))
     return 0 if not result["failed"] else 1
 

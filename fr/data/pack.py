@@ -5,12 +5,13 @@ import io
 import logging
 import os
 from multiprocessing import get_context
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
 from fr.data.layout import DataError
+from fr.data.ownership import check_apart, staged_output
 from fr.data.writer import InsightfaceRecordWriter
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ def read_lst(lst_path: str, image_root: Optional[str] = None) -> List[Tuple[str,
 
 def group_by_label(items: List[Tuple[str, int]], source: str) -> List[Tuple[str, int]]:
     """Sort by label (stable) and check the classes are exactly 0..C-1, as the layout needs."""
+    if not items:
+        raise DataError(f"{source} lists no images: nothing to pack")
     items = sorted(items, key=lambda item: item[1])
     present = sorted({label for _, label in items})
     missing = sorted(set(range(present[-1] + 1)) - set(present))
@@ -84,12 +87,21 @@ def encode_image(job: Tuple[str, int, int]) -> Tuple[Optional[bytes], str]:
 
 
 def pack(items: List[Tuple[str, int]], out_dir: str, size: int = 112, quality: int = 95, workers: int = 0,
-         progress: bool = True) -> dict:
-    """Encode `items` with `workers` processes and write `out_dir/train.rec`/`.idx`; returns counts."""
+         progress: bool = True, sources: Sequence[str] = ()) -> dict:
+    """Encode `items` with `workers` processes and write `out_dir/train.rec`/`.idx`; returns counts.
+
+    `out_dir` must lie apart from `sources` (the folder or `.lst` the items came from) and may not be or hold
+    an image's folder (symlinks resolved); it may hold nothing but fr's earlier outputs (`fr.data.ownership`).
+    Both are checked before anything is written.
+    """
+    if not items:
+        raise DataError("nothing to pack: no images given")
+    check_apart(out_dir, sources, input_dirs=sorted({os.path.dirname(os.path.abspath(p)) for p, _ in items}))
     workers = workers or os.cpu_count() or 1
     jobs = [(path, size, quality) for path, _ in items]
     failed: List[str] = []
-    with get_context("spawn").Pool(workers) as pool, InsightfaceRecordWriter(out_dir) as writer:
+    with staged_output(out_dir, "fr-data pack", last=("train.rec",)) as stage, \
+            get_context("spawn").Pool(workers) as pool, InsightfaceRecordWriter(stage) as writer:
         results: Iterable = pool.imap(encode_image, jobs, chunksize=64)
         if progress:
             from tqdm import tqdm

@@ -5,7 +5,8 @@ import logging
 import os
 import numpy as np
 
-from fr.data.layout import checked_keys, read_layout, record_paths
+from fr.data.layout import DataError, checked_keys, read_layout, record_paths
+from fr.data.ownership import check_apart, staged_output
 from fr.data.recordio import IndexedRecordIO
 
 log = logging.getLogger(__name__)
@@ -15,32 +16,30 @@ def shuffle_records(src: str, out_dir: str, seed: int = 0, progress: bool = True
     """Copy the image records of `src` in a random order to `out_dir/train.rec`/`.idx`.
 
     Identity ranges cannot survive a shuffle, so the copy has no header or identity records (fr reads it as
-    the plain layout). Record bodies are copied byte for byte; garbled records are left out.
+    the plain layout). Record bodies are copied byte for byte; garbled records are left out. `out_dir` must
+    lie apart from `src` and its files (symlinks resolved) and hold nothing but fr's earlier outputs
+    (`fr.data.ownership`); both are checked before anything is written.
     """
     rec_path, idx_path = record_paths(src)
-    if os.path.abspath(out_dir) == os.path.abspath(src):
-        raise ValueError(f"shuffle output {out_dir} must differ from the source directory")
+    check_apart(out_dir, [src, rec_path, idx_path])
     record = IndexedRecordIO(idx_path, rec_path, "r")
-    layout = read_layout(record)
-    keys, garbled = checked_keys(record, layout, layout.num_classes)
-    order = np.random.default_rng(seed).permutation(len(keys))
-    os.makedirs(out_dir, exist_ok=True)
-    out_rec, out_idx = os.path.join(out_dir, "train.rec"), os.path.join(out_dir, "train.idx")
-    writer = IndexedRecordIO(out_idx + ".partial", out_rec + ".partial", "w")
-    steps = range(len(order))
-    if progress:
-        from tqdm import tqdm
-        steps = tqdm(steps, unit="rec", desc="shuffle")
     try:
-        for new_key in steps:
-            writer.write_idx(new_key, record.read_idx(keys[order[new_key]]))
-    except BaseException:
-        writer.close()
-        os.remove(out_rec + ".partial")
-        os.remove(out_idx + ".partial")
-        raise
-    writer.close()
-    record.close()
-    os.replace(out_idx + ".partial", out_idx)
-    os.replace(out_rec + ".partial", out_rec)
-    return {"out": out_dir, "images": len(keys), "garbled_skipped": garbled, "seed": seed}
+        layout = read_layout(record)
+        keys, garbled = checked_keys(record, layout, layout.num_classes)
+        if not keys:
+            raise DataError(f"{rec_path} holds no readable image records: nothing to shuffle")
+        order = np.random.default_rng(seed).permutation(len(keys))
+        with staged_output(out_dir, "fr-data shuffle", last=("train.rec",)) as stage:
+            writer = IndexedRecordIO(os.path.join(stage, "train.idx"), os.path.join(stage, "train.rec"), "w")
+            steps = range(len(order))
+            if progress:
+                from tqdm import tqdm
+                steps = tqdm(steps, unit="rec", desc="shuffle")
+            try:
+                for new_key in steps:
+                    writer.write_idx(new_key, record.read_idx(keys[order[new_key]]))
+            finally:
+                writer.close()
+    finally:
+        record.close()
+    return {"out": out_dir, "images": len(keys), "garbled_skipped": len(garbled), "seed": seed}

@@ -5,15 +5,15 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import shutil
 import time
 from dataclasses import asdict
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from evaluation.bin_format import encode_jpeg, write_bin
-from fr.config import SynthConfig
+from fr.config import ConfigError, SynthConfig
+from fr.data.ownership import ForeignFileError, first_foreign, staged_output
 from fr.data.synthetic import SynthStyle, render_identity_images
 from fr.data.writer import InsightfaceRecordWriter
 
@@ -72,21 +72,30 @@ def _pool(workers: int):
     return ctx.Pool(processes)
 
 
-def generate(out_dir: str, cfg: SynthConfig) -> None:
+def check_recipe(cfg: SynthConfig) -> None:
+    """ConfigError naming the first setting that would give an empty or unbalanced data set."""
+    rules = [("identities", cfg.identities > 0, "> 0"), ("per_identity", cfg.per_identity > 0, "> 0"),
+             ("holdout_identities", cfg.holdout_identities >= 2, ">= 2 (negative pairs need two identities)"),
+             ("pairs", cfg.pairs > 0 and cfg.pairs % (2 * _FOLDS) == 0,
+              f"a positive multiple of {2 * _FOLDS} (balanced folds)"),
+             ("workers", cfg.workers >= 0, ">= 0")]
+    for name, ok, wanted in rules:
+        if not ok:
+            raise ConfigError(f"data.synth.{name} (fr-data synth --{name.replace('_', '-')}) must be {wanted}, "
+                              f"got {getattr(cfg, name)}")
+
+
+def generate(out_dir: str, cfg: SynthConfig, command: str = "fr-data synth") -> None:
     """Render the data set into `out_dir` (train.rec/.idx, synthetic_val.bin, synthetic.json).
 
-    Writes into a sibling temporary directory and renames it at the end, so an interrupted run
-    leaves nothing that looks like a finished data set.
+    `out_dir` may be absent, empty, or hold only files fr wrote there (`fr.data.ownership`): those are
+    replaced; anything else is a ForeignFileError before any work. The set is rendered into a staging
+    directory and moved in at the end, synthetic.json last, so an interrupted run leaves nothing that looks
+    like a finished data set.
     """
-    if cfg.pairs % (2 * _FOLDS):
-        raise ValueError(f"data.synth.pairs must be a multiple of {2 * _FOLDS} (balanced folds), got {cfg.pairs}")
-    if cfg.holdout_identities < 2:
-        raise ValueError("data.synth.holdout_identities must be >= 2 to form negative pairs")
+    check_recipe(cfg)
     start = time.perf_counter()
-    tmp_dir = out_dir.rstrip("/") + f".partial{os.getpid()}"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    os.makedirs(tmp_dir)
-    try:
+    with staged_output(out_dir, command, last=(META_FILE,)) as stage:
         pairs, issame = plan_pairs(cfg)
         wanted = {}
         for a, ia, b, ib in pairs:
@@ -96,7 +105,7 @@ def generate(out_dir: str, cfg: SynthConfig) -> None:
         holdout_ids = sorted(wanted)
         holdout_jobs = [(cfg.seed, k, sorted(wanted[k]), cfg.difficulty) for k in holdout_ids]
         with _pool(cfg.workers) as pool:
-            with InsightfaceRecordWriter(tmp_dir) as writer:
+            with InsightfaceRecordWriter(stage) as writer:
                 for encoded in pool.imap(_render_job, train_jobs, chunksize=4):
                     writer.add_identity(encoded)
             rendered = dict(zip(holdout_ids, pool.map(_render_job, holdout_jobs, chunksize=4)))
@@ -104,15 +113,9 @@ def generate(out_dir: str, cfg: SynthConfig) -> None:
         images = []
         for a, ia, b, ib in pairs:
             images += [lookup[a][ia], lookup[b][ib]]
-        write_bin(os.path.join(tmp_dir, VERIFICATION_BIN), images, issame)
-        with open(os.path.join(tmp_dir, META_FILE), "w", encoding="utf-8") as fh:
+        write_bin(os.path.join(stage, VERIFICATION_BIN), images, issame)
+        with open(os.path.join(stage, META_FILE), "w", encoding="utf-8") as fh:
             json.dump(asdict(cfg), fh, indent=2)
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     log.info("synthetic set written to %s: %d identities x %d images, %d verification pairs (%.1f s)",
              out_dir, cfg.identities, cfg.per_identity, cfg.pairs, time.perf_counter() - start)
 
@@ -123,22 +126,36 @@ def _same_recipe(saved: dict, cfg: SynthConfig) -> bool:
     return all(saved.get(k) == v for k, v in wanted.items())
 
 
-def ensure_synthetic(out_dir: str, cfg: SynthConfig) -> str:
-    """Generate the set into `out_dir` unless an identical one is cached there; returns out_dir.
-
-    A directory holding a different synthetic set, or other data, is an error rather than overwritten.
-    """
-    meta_path = os.path.join(out_dir, META_FILE)
-    if os.path.isfile(meta_path):
-        with open(meta_path, encoding="utf-8") as fh:
+def _saved_recipe(out_dir: str) -> Optional[dict]:
+    """The settings stored with the set in `out_dir`, or None when there is no readable synthetic.json."""
+    try:
+        with open(os.path.join(out_dir, META_FILE), encoding="utf-8") as fh:
             saved = json.load(fh)
-        if _same_recipe(saved, cfg):
-            log.info("using cached synthetic set in %s", out_dir)
-            return out_dir
-        differing = [k for k, v in asdict(cfg).items() if k != "workers" and saved.get(k) != v]
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def ensure_synthetic(out_dir: str, cfg: SynthConfig) -> str:
+    """Generate the set into `out_dir` unless one with the same settings is there already; returns out_dir.
+
+    The cached check reads only synthetic.json. Otherwise fr regenerates, replacing only files its manifest
+    says it wrote; any other file or folder in `out_dir` is a ForeignFileError naming it, before any change.
+    """
+    saved = _saved_recipe(out_dir)
+    if saved is not None and _same_recipe(saved, cfg):
+        log.info("using cached synthetic set in %s", out_dir)
+        return out_dir
+    check_recipe(cfg)
+    differing = [k for k, v in asdict(cfg).items() if saved is not None and k != "workers" and saved.get(k) != v]
+    held = f"a synthetic set made with other settings ({', '.join(differing)}) and" if saved is not None \
+        else "no synthetic set fr wrote:"
+    foreign = first_foreign(out_dir)
+    if foreign:
+        path, why = foreign
+        raise ForeignFileError(f"data.root={out_dir} holds {held} {path} {why}; fr replaces only files it wrote, "
+                               f"so choose another data.root for data.synthetic=true (or clear this one yourself)")
+    if saved is not None:
         log.info("synthetic set in %s was made with other settings (%s); regenerating", out_dir, ", ".join(differing))
-    elif os.path.isdir(out_dir) and os.listdir(out_dir):
-        raise FileExistsError(f"data.root={out_dir} is not empty and holds no synthetic set ({META_FILE} missing); "
-                              f"choose another data.root for data.synthetic=true")
-    generate(out_dir, cfg)
+    generate(out_dir, cfg, command="fr-train data.synthetic=true")
     return out_dir
