@@ -110,8 +110,11 @@ def verify_bin(
     image_size: ImageSize = 112,
     nrof_folds: int = 10,
 ) -> VerificationResult:
-    """Verification metrics of `model` on an insightface `.bin` set (flip-sum embeddings, 10 folds)."""
-    images, issame = load_bin(path, image_size=image_size)
+    """Verification metrics of `model` on an insightface `.bin` set (flip-sum embeddings, 10 folds).
+
+    A set with fewer pairs than `nrof_folds` is a BinFormatError naming the file.
+    """
+    images, issame = load_bin(path, image_size=image_size, nrof_folds=nrof_folds)
     embeddings = embed_images(model, images, batch_size=batch_size, device=device, flip=True)
     result = evaluate(embeddings, issame, nrof_folds=nrof_folds)
     logger.info("%s: accuracy %.5f +- %.5f, xnorm %.3f", os.fspath(path), result.accuracy, result.std, result.xnorm)

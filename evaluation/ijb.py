@@ -10,8 +10,10 @@ template the images of one media are averaged and the media are summed, then L2-
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, Optional, Tuple
@@ -21,13 +23,14 @@ import torch
 from PIL import Image
 
 from evaluation.align import align_face
-from evaluation.metrics import Roc, auc, far_table, roc_curve
+from evaluation.metrics import NonFiniteError, Roc, auc, far_table, roc_curve
 from evaluation.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
 TARGETS = ("IJBB", "IJBC")
 POOL_CHUNK = 1 << 17
+SCAN_CHUNK = 1 << 14  # rows per finiteness check: bounds the temporary mask on a memory-mapped file
 DENSE_BLOCK_BYTES = 512 << 20
 
 
@@ -84,6 +87,8 @@ def read_tid_mid(path: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         except ValueError:
             raise IJBFormatError(f"{path}:{number}: expected 'image template media', got {' '.join(fields)!r}") from None
         names.append(fields[0])
+    if not names:
+        raise IJBFormatError(f"{path}: no rows (expected 'image template media' lines)")
     return np.array(names), np.array(templates, np.int64), np.array(medias, np.int64)
 
 
@@ -99,7 +104,12 @@ def read_landmarks(path: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
             raise IJBFormatError(f"{path}:{number}: expected 'image x1 y1 ... x5 y5 score' (12 fields), "
                                  f"got {len(fields)}") from None
         names.append(fields[0])
+    if not names:
+        raise IJBFormatError(f"{path}: no rows (expected 'image x1 y1 ... x5 y5 score' lines)")
     arr = np.array(values, np.float32).reshape(-1, 11)
+    bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
+    if bad.size:  # float() parses 'nan' and 'inf': they would pass silently into every template they touch
+        raise IJBFormatError(f"{path}:{_line_of_row(path, int(bad[0]))}: landmarks and score must be finite numbers")
     return np.array(names), arr[:, :10].reshape(-1, 5, 2), arr[:, 10]
 
 
@@ -108,7 +118,9 @@ def read_pairs(path: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not os.path.isfile(path):
         raise IJBFormatError(f"{path}: file not found")
     try:  # numpy's C reader: 2 s for IJB-C's 15.6M rows; it rejects ragged rows and non-integers
-        flat = np.loadtxt(path, dtype=np.int64, ndmin=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data": refused below
+            flat = np.loadtxt(path, dtype=np.int64, ndmin=2)
         if flat.shape[1] != 3 and flat.size:
             raise ValueError
     except ValueError:
@@ -119,6 +131,8 @@ def read_pairs(path: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
             if len(fields) != 3 or not all(f.lstrip("-").isdigit() for f in fields):
                 raise IJBFormatError(f"{path}:{number}: expected 't1 t2 label', got {' '.join(fields)!r}")
         raise IJBFormatError(f"{path}: expected 't1 t2 label' rows")
+    if not flat.size:
+        raise IJBFormatError(f"{path}: no pairs (expected 't1 t2 label' rows)")
     flat = flat.reshape(-1, 3)
     labels = flat[:, 2]
     bad = np.flatnonzero((labels != 0) & (labels != 1))
@@ -147,8 +161,8 @@ def load_meta(root: str, target: str = "IJBC") -> IJBMeta:
     differ = np.flatnonzero(names != lmk_names)
     if differ.size:
         row = int(differ[0])
-        raise IJBFormatError(f"{lmk_path}:{_line_of_row(lmk_path, row)}: image {lmk_names[row]!r} but "
-                             f"{tid_path}:{_line_of_row(tid_path, row)} names {names[row]!r}")
+        raise IJBFormatError(f"{lmk_path}:{_line_of_row(lmk_path, row)}: image {str(lmk_names[row])!r} but "
+                             f"{tid_path}:{_line_of_row(tid_path, row)} names {str(names[row])!r}")
     return IJBMeta(os.path.abspath(root), target, names, templates, medias, landmarks, scores)
 
 
@@ -161,15 +175,26 @@ def check_images(meta: IJBMeta) -> str:
     for row, name in enumerate(meta.names):
         if name not in present:
             tid_path = meta_path(meta.root, meta.target, "face_tid_mid.txt")
-            raise IJBFormatError(f"{tid_path}:{_line_of_row(tid_path, row)}: image {name!r} "
+            raise IJBFormatError(f"{tid_path}:{_line_of_row(tid_path, row)}: image {str(name)!r} "
                                  f"missing from {crop_dir}")
     return crop_dir
 
 
 def _load_aligned(crop_dir: str, name: str, landmarks: np.ndarray) -> np.ndarray:
     """One aligned 112x112 RGB uint8 crop."""
-    with Image.open(os.path.join(crop_dir, name)) as im:
-        return align_face(np.asarray(im.convert("RGB")), landmarks)
+    path = os.path.join(crop_dir, str(name))
+    try:
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # what PIL raises for bad data
+        raise IJBFormatError(f"{path}: cannot decode image ({type(e).__name__}: {_first_line(e)})") from None
+    return align_face(rgb, landmarks)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (errors are reported on one line)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def iter_aligned(meta: IJBMeta, batch_size: int = 256, rows: Optional[np.ndarray] = None,
@@ -202,8 +227,25 @@ def embed_meta(meta: IJBMeta, embed: Callable[[np.ndarray], np.ndarray], batch_s
     return np.concatenate(out)
 
 
+def load_features(path: str, n_rows: int) -> np.ndarray:
+    """Per-image features from a `.npy` file, memory-mapped and never unpickled, checked by `check_features`."""
+    if not os.path.isfile(path):
+        raise IJBFormatError(f"{path}: feature file not found")
+    try:
+        features = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:  # not .npy, truncated, an object (pickled) array
+        raise IJBFormatError(f"{path}: not a readable .npy feature file "
+                             f"({type(e).__name__}: {_first_line(e)})") from None
+    if not isinstance(features, np.ndarray):  # np.load opens an .npz archive as a mapping
+        features.close()
+        raise IJBFormatError(f"{path}: expected a .npy array, got an .npz archive")
+    return check_features(features, n_rows, path)
+
+
 def check_features(features: np.ndarray, n_rows: int, path: str = "features") -> np.ndarray:
-    """`features` checked to be (N, D) or (N, 2, D) with N = number of meta rows."""
+    """`features` checked to be real numbers of shape (N, D) or (N, 2, D) with N = number of meta rows."""
+    if features.dtype.kind not in "fiu":
+        raise IJBFormatError(f"{path}: expected float features, got dtype {features.dtype}")
     if features.ndim not in (2, 3) or (features.ndim == 3 and features.shape[1] != 2):
         raise IJBFormatError(f"{path}: expected shape (N, D) or (N, 2, D), got {features.shape}")
     if len(features) != n_rows:
@@ -211,17 +253,59 @@ def check_features(features: np.ndarray, n_rows: int, path: str = "features") ->
     return features
 
 
+def nonfinite_rows(raw: np.ndarray) -> np.ndarray:
+    """Indices of the rows of per-image features that hold a NaN or an infinity (scanned in chunks)."""
+    bad = [np.empty(0, np.int64)]
+    for start in range(0, len(raw), SCAN_CHUNK):
+        block = np.asarray(raw[start:start + SCAN_CHUNK])
+        bad.append(start + np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1)))
+    return np.concatenate(bad)
+
+
+def usable_rows(meta: IJBMeta, raw: np.ndarray, drop_nonfinite: bool = False,
+                source: str = "features") -> Optional[np.ndarray]:
+    """Image rows to evaluate: None (all) when every feature is finite, else the finite rows if `drop_nonfinite`.
+
+    Without `drop_nonfinite` a NaN or infinite feature is a NonFiniteError naming its row, image and template:
+    it would otherwise change the scores of its template silently.
+    """
+    bad = nonfinite_rows(raw)
+    if not bad.size:
+        return None
+    row = int(bad[0])
+    where = (f"{source}: row {row} (image {str(meta.names[row])!r}, template {int(meta.templates[row])}) holds "
+             f"NaN or infinity ({bad.size} of {len(raw)} rows do)")
+    if not drop_nonfinite:
+        raise NonFiniteError(f"{where}; drop_nonfinite=True (fr-eval ijb --drop-nonfinite) leaves them out")
+    if bad.size == len(raw):
+        raise NonFiniteError(f"{where}: nothing is left to evaluate")
+    logger.warning("%s: dropping %d image rows with NaN or infinite features", source, bad.size)
+    keep = np.ones(len(raw), bool)
+    keep[bad] = False
+    return np.flatnonzero(keep)
+
+
+def _block(raw: np.ndarray, rows: Optional[np.ndarray], start: int, stop: int) -> np.ndarray:
+    """Rows `start:stop` of `raw`, or of its `rows` subset (a gather reads only those rows of a memmap)."""
+    return raw[start:stop] if rows is None else raw[rows[start:stop]]
+
+
 def image_weights(raw: np.ndarray, det_scores: np.ndarray, flip: bool = True, norm: bool = True,
-                  detector: bool = True) -> np.ndarray:
-    """Per-image scale factor [N] of insightface's N1/D1 modes: 1 / norm unless `norm`, times the score if `detector`."""
-    weights = np.ones(len(raw), np.float32)
+                  detector: bool = True, rows: Optional[np.ndarray] = None) -> np.ndarray:
+    """Per-image scale factor of insightface's N1/D1 modes: 1 / norm unless `norm`, times the score if `detector`.
+
+    One factor per image row, or per row of `rows` when given.
+    """
+    n = len(raw) if rows is None else len(rows)
+    weights = np.ones(n, np.float32)
     if not norm:
-        norms = np.empty(len(raw), np.float32)
-        for start in range(0, len(raw), POOL_CHUNK):
-            norms[start:start + POOL_CHUNK] = np.linalg.norm(_views(raw[start:start + POOL_CHUNK], flip), axis=1)
+        norms = np.empty(n, np.float32)
+        for start in range(0, n, POOL_CHUNK):
+            norms[start:start + POOL_CHUNK] = np.linalg.norm(_views(_block(raw, rows, start, start + POOL_CHUNK),
+                                                                    flip), axis=1)
         weights /= np.maximum(norms, 1e-12)
     if detector:
-        weights *= np.asarray(det_scores, np.float32)
+        weights *= np.asarray(det_scores if rows is None else det_scores[rows], np.float32)
     return weights
 
 
@@ -243,12 +327,17 @@ def image_features(raw: np.ndarray, det_scores: np.ndarray, flip: bool = True, n
 
 
 def pool_templates(raw: np.ndarray, templates: np.ndarray, medias: np.ndarray,
-                   image_weights_: Optional[np.ndarray] = None, flip: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+                   image_weights_: Optional[np.ndarray] = None, flip: bool = True,
+                   rows: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
     """(sorted template ids [T], L2-normalised template features [T, D] float32).
 
     A template is the sum over its media of the mean of that media's image features, an image's feature
-    being its F1 view of `raw` times `image_weights_` (see `image_weights`; all ones when omitted).
+    being its F1 view of `raw` times `image_weights_` (see `image_weights`; all ones when omitted). With
+    `rows`, only those image rows are pooled (`image_weights_` then holds one factor per row of `rows`), so a
+    template none of whose rows is listed has no feature.
     """
+    if rows is not None:
+        templates, medias = templates[rows], medias[rows]
     template_ids, t_index = np.unique(templates, return_inverse=True)
     _, m_index = np.unique(medias, return_inverse=True)
     # One group per (template, media): its images are averaged, so each image weighs 1 / group size.
@@ -261,14 +350,27 @@ def pool_templates(raw: np.ndarray, templates: np.ndarray, medias: np.ndarray,
     index = torch.from_numpy(t_index.astype(np.int64))
     dim = raw.shape[-1]
     pooled = torch.zeros(len(template_ids), dim)
-    for start in range(0, len(raw), POOL_CHUNK):  # chunks bound the weighted copy
+    for start in range(0, len(templates), POOL_CHUNK):  # chunks bound the weighted copy
         stop = start + POOL_CHUNK
-        view = np.ascontiguousarray(_views(raw[start:stop], flip), dtype=np.float32)
+        view = np.ascontiguousarray(_views(_block(raw, rows, start, stop), flip), dtype=np.float32)
         chunk = torch.from_numpy(view if view.flags.writeable else view.copy())  # memmapped .npy is read-only
         pooled.index_add_(0, index[start:stop], chunk * weights_t[start:stop, None])
     out = pooled.numpy()
     out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
     return template_ids, out
+
+
+def check_templates(template_ids: np.ndarray, feats: np.ndarray, source: str = "features") -> None:
+    """Refuse template features that are not finite (finite image features whose weighted sum overflows)."""
+    bad = np.flatnonzero(~np.isfinite(feats).all(axis=1))
+    if bad.size:
+        raise NonFiniteError(f"{source}: template {int(template_ids[bad[0]])} has a non-finite pooled feature "
+                             f"(its image features are too large for float32)")
+
+
+def lost_templates(meta: IJBMeta, template_ids: np.ndarray) -> np.ndarray:
+    """Templates of the meta files that have no feature in `template_ids` (all their images were dropped)."""
+    return np.setdiff1d(np.unique(meta.templates), template_ids)
 
 
 def template_rows(template_ids: np.ndarray, wanted: np.ndarray, path: str = "pairs") -> np.ndarray:
@@ -333,11 +435,14 @@ class VerificationReport:
     tar_at_far_interpolated: Dict[str, float]
     num_pairs: int
     num_templates: int
+    # Left out for non-finite features (drop_nonfinite): image rows, templates left without images, their pairs.
+    dropped: Dict[str, int] = dataclasses.field(default_factory=lambda: {"images": 0, "templates": 0, "pairs": 0})
 
     def to_dict(self) -> dict:
         """JSON-ready summary (no ROC arrays)."""
         return {"tar_at_far": self.tar_at_far, "tar_at_far_interpolated": self.tar_at_far_interpolated,
-                "auc": self.auc, "num_pairs": self.num_pairs, "num_templates": self.num_templates}
+                "auc": self.auc, "num_pairs": self.num_pairs, "num_templates": self.num_templates,
+                "dropped": dict(self.dropped)}
 
 
 def verify_templates(template_ids: np.ndarray, template_feats: np.ndarray, t1: np.ndarray, t2: np.ndarray,
@@ -345,6 +450,17 @@ def verify_templates(template_ids: np.ndarray, template_feats: np.ndarray, t1: n
     """Score every pair and summarise the ROC."""
     scores = score_pairs(template_feats, template_rows(template_ids, t1, pairs_path),
                          template_rows(template_ids, t2, pairs_path))
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        row = int(bad[0])
+        where = (f"{pairs_path}:{_line_of_row(pairs_path, row)}" if os.path.isfile(pairs_path)
+                 else f"{pairs_path} row {row}")
+        raise NonFiniteError(f"{where}: the score of templates {int(t1[row])} and {int(t2[row])} is not finite "
+                             f"({bad.size} such pairs)")
+    genuine = int(np.count_nonzero(labels))
+    if not 0 < genuine < len(labels):
+        raise IJBFormatError(f"{pairs_path}: a ROC needs both genuine (label 1) and impostor (label 0) pairs, "
+                             f"got {genuine} genuine of {len(labels)}")
     roc = roc_curve(scores, labels)
     table = far_table(roc)
     return VerificationReport(roc, auc(roc.fpr, roc.tpr), table["nearest"], table["interpolated"],
@@ -352,12 +468,32 @@ def verify_templates(template_ids: np.ndarray, template_feats: np.ndarray, t1: n
 
 
 def evaluate_11(meta: IJBMeta, raw_features: np.ndarray, flip: bool = True, norm: bool = True,
-                detector: bool = True) -> VerificationReport:
-    """IJB 1:1 verification of per-image raw features in meta row order."""
-    weights = image_weights(raw_features, meta.det_scores, flip=flip, norm=norm, detector=detector)
-    ids, pooled = pool_templates(raw_features, meta.templates, meta.medias, weights, flip=flip)
+                detector: bool = True, *, drop_nonfinite: bool = False,
+                source: str = "features") -> VerificationReport:
+    """IJB 1:1 verification of per-image raw features in meta row order.
+
+    A NaN or infinite feature is an error naming its row (`source` names the features); with `drop_nonfinite`
+    such images are left out, then the templates left without images and their pairs, all counted in `dropped`.
+    """
+    rows = usable_rows(meta, raw_features, drop_nonfinite, source)
+    weights = image_weights(raw_features, meta.det_scores, flip=flip, norm=norm, detector=detector, rows=rows)
+    ids, pooled = pool_templates(raw_features, meta.templates, meta.medias, weights, flip=flip, rows=rows)
+    check_templates(ids, pooled, source)
     pairs_path = meta_path(meta.root, meta.target, "template_pair_label.txt")
     t1, t2, labels = read_pairs(pairs_path)
+    dropped = {"images": 0 if rows is None else len(raw_features) - len(rows), "templates": 0, "pairs": 0}
+    lost = lost_templates(meta, ids)
+    if lost.size:
+        all_ids = np.unique(meta.templates)
+        for wanted in (t1, t2):  # a template missing from the meta files stays an error naming its line
+            template_rows(all_ids, wanted, pairs_path)
+        keep = ~(np.isin(t1, lost) | np.isin(t2, lost))
+        dropped.update(templates=len(lost), pairs=int(len(keep) - keep.sum()))
+        if not keep.any():
+            raise NonFiniteError(f"{pairs_path}: every pair names a template whose images were all dropped "
+                                 f"({len(lost)} templates lost to non-finite {source})")
+        t1, t2, labels = t1[keep], t2[keep], labels[keep]
     report = verify_templates(ids, pooled, t1, t2, labels, pairs_path)
+    report = dataclasses.replace(report, dropped=dropped)
     logger.info("%s 1:1: TAR@FAR %s, AUC %.5f", meta.target, report.tar_at_far, report.auc)
     return report

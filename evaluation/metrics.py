@@ -13,7 +13,13 @@ from typing import Dict, Sequence
 
 import numpy as np
 
+from evaluation.errors import UserInputError
+
 FAR_TARGETS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+
+
+class NonFiniteError(UserInputError):
+    """Embeddings, features or scores holding NaN or infinity: every figure computed from them would be wrong."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -31,6 +37,9 @@ def roc_curve(scores: np.ndarray, labels: np.ndarray, drop_intermediate: bool = 
     labels = np.asarray(labels).ravel().astype(bool)
     if scores.shape != labels.shape:
         raise ValueError(f"scores and labels differ in length: {scores.size} vs {labels.size}")
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:  # NaN sorts last and ties with nothing: the curve would be silently wrong
+        raise NonFiniteError(f"scores must be finite, score {bad[0]} is {scores[bad[0]]} ({bad.size} non-finite)")
     n_pos = int(np.count_nonzero(labels))
     if n_pos == 0 or n_pos == labels.size:
         raise ValueError("ROC needs both genuine (label 1) and impostor (label 0) pairs")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from evaluation.errors import UserInputError
+
 
 class OnnxBackbone(torch.nn.Module):
     """Runs an ONNX model [B, 3, H, W] float -> [B, D] on CPU with onnxruntime; `forward` takes and returns tensors."""
@@ -13,11 +15,11 @@ class OnnxBackbone(torch.nn.Module):
         try:
             import onnxruntime
         except ImportError as exc:  # optional dependency: name the extra that provides it
-            raise ValueError(f"{path}: ONNX models need onnxruntime (pip install 'fr[onnx]')") from exc
+            raise UserInputError(f"{path}: ONNX models need onnxruntime (pip install 'fr[onnx]')") from exc
         try:
             self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
-            raise ValueError(f"{path}: not a loadable ONNX model ({exc})") from None
+            raise UserInputError(f"{path}: not a loadable ONNX model ({exc})") from None
         self.path = path
         self.input_name = self.session.get_inputs()[0].name
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from evaluation.errors import UserInputError
 from evaluation.metrics import Roc
 
 
@@ -14,7 +15,7 @@ def plot_roc(roc: Roc, path: str, label: str = "model") -> None:
         matplotlib.use("Agg")  # no display needed
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise ValueError(f"{path}: plotting needs matplotlib (pip install 'fr[plot]')") from exc
+        raise UserInputError(f"{path}: plotting needs matplotlib (pip install 'fr[plot]')") from exc
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.plot(roc.fpr, roc.tpr, lw=1.2, label=label)
     ax.set_xscale("log")

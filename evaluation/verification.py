@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from evaluation.metrics import Roc, auc, roc_curve
+from evaluation.metrics import NonFiniteError, Roc, auc, roc_curve
 
 ACC_THRESHOLDS = np.arange(0, 4, 0.01)
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)
@@ -184,6 +184,10 @@ def evaluate(embeddings: Any, issame: Sequence[bool], nrof_folds: int = 10) -> V
         raise ValueError(f"nrof_folds must be at least 1, got {nrof_folds}")
     if n < nrof_folds:
         raise ValueError(f"need at least nrof_folds={nrof_folds} pairs, got {n}")
+    bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
+    if bad.size:  # a NaN distance is never below a threshold: every such pair would count as "different"
+        raise NonFiniteError(f"embedding row {bad[0]} (pair {bad[0] // 2}) holds NaN or infinity "
+                         f"({bad.size} of {len(emb)} rows do): the model's output is not finite")
 
     norms = row_norms(emb)
     dist = pair_distances(emb, norms)

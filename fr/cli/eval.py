@@ -6,7 +6,7 @@ import os
 import sys
 from typing import List, Optional
 
-from fr.cli.common import run_cli, setup_logging
+from fr.cli.common import UsageError, run_cli, setup_logging
 from fr.fileio import atomic_write, atomic_write_json
 
 VERIFY_TARGETS = "lfw,cfp_fp,agedb_30,calfw,cplfw"
@@ -40,10 +40,10 @@ def _bin_paths(args: argparse.Namespace) -> List[str]:
         for name in filter(None, (t.strip() for t in args.targets.split(","))):
             path = os.path.join(args.data_dir, f"{name}.bin")
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"{path}: no such verification set (from --data-dir/--targets)")
+                raise UsageError(f"{path}: no such verification set (from --data-dir/--targets)")
             paths.append(path)
     if not paths:
-        raise ValueError("give --bin FILE or --data-dir DIR (with --targets)")
+        raise UsageError("give --bin FILE or --data-dir DIR (with --targets)")
     return paths
 
 
@@ -74,7 +74,7 @@ def _ijb_features(args: argparse.Namespace, meta):
     import torch
 
     from evaluation.embed import embed_images
-    from evaluation.ijb import check_features, embed_meta
+    from evaluation.ijb import embed_meta, load_features
     from evaluation.sharding import gather_rows, shard_rows
     from fr.distributed import init_distributed
 
@@ -83,10 +83,10 @@ def _ijb_features(args: argparse.Namespace, meta):
         if not env.is_main:  # nothing to share out: rank 0 evaluates the file alone
             return None
         if not os.path.isfile(args.features):
-            raise FileNotFoundError(f"{args.features}: feature file not found")
-        return check_features(np.load(args.features, mmap_mode="r"), len(meta.names), args.features)
+            raise UsageError(f"{args.features}: feature file not found")
+        return load_features(args.features, len(meta.names))
     if not args.checkpoint:
-        raise ValueError("give --checkpoint (to embed the images) or --features FILE.npy")
+        raise UsageError("give --checkpoint (to embed the images) or --features FILE.npy")
     model, device = _load_model(args, env.device)
     rows = shard_rows(len(meta.names), env.rank, env.world_size)
     with torch.inference_mode():
@@ -112,10 +112,13 @@ def _ijb(args: argparse.Namespace) -> int:
     modes = dict(flip=not args.no_flip, norm=not args.no_norm, detector=not args.no_detector)
     payload = {"checkpoint": args.checkpoint, "features": args.features, "target": args.target,
                "protocol": args.protocol, "modes": modes}
+    options = dict(drop_nonfinite=args.drop_nonfinite,
+                   source=args.features or f"the features embedded from {args.checkpoint}")
     if args.protocol == "11":
-        report = evaluate_11(meta, raw, **modes)
+        report = evaluate_11(meta, raw, **modes, **options)
         payload.update(report.to_dict())
         print(f"{args.target} 1:1  AUC {report.auc:.5f}  ({report.num_pairs} pairs, {report.num_templates} templates)")
+        _print_dropped(report.dropped)
         print(f"{'FAR':<8}{'TAR %':>10}{'interp %':>10}")
         for key, tar in report.tar_at_far.items():
             print(f"{key:<8}{tar:>10.3f}{report.tar_at_far_interpolated[key]:>10.3f}")
@@ -126,17 +129,26 @@ def _ijb(args: argparse.Namespace) -> int:
     else:
         from evaluation.identification import evaluate_1n
 
-        results = evaluate_1n(meta, raw, **modes)
+        results = evaluate_1n(meta, raw, **modes, **options)
         payload.update(results)
         print(f"{args.target} 1:N  {'gallery':<8}{'rank1':>8}{'rank5':>8}{'rank10':>8}"
               f"{'TPIR@1e-2':>11}{'TPIR@1e-1':>11}")
         for name, res in results.items():
+            if name == "dropped":
+                continue
             cmc, tpir = res["cmc"], res["tpir_at_fpir"]
             print(f"{'':<9}{name:<8}{cmc['rank1']:>8.2f}{cmc['rank5']:>8.2f}{cmc['rank10']:>8.2f}"
                   f"{tpir['1e-02']:>11.2f}{tpir['1e-01']:>11.2f}")
+        _print_dropped(results["dropped"])
     if args.json:
         _write_json(args.json, payload)
     return 0
+
+
+def _print_dropped(dropped: dict) -> None:
+    """One line counting what --drop-nonfinite left out; nothing when nothing was."""
+    if dropped["images"]:
+        print("dropped for non-finite features: " + ", ".join(f"{what} {count}" for what, count in dropped.items()))
 
 
 def _model_args(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -170,6 +182,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ijb.add_argument("--no-flip", action="store_true", help="original view only (F1 off)")
     ijb.add_argument("--no-norm", action="store_true", help="L2-normalise image features (N1 off)")
     ijb.add_argument("--no-detector", action="store_true", help="ignore detector scores (D1 off)")
+    ijb.add_argument("--drop-nonfinite", action="store_true",
+                     help="leave out images whose features hold NaN/inf (and templates left without images), "
+                          "counted in the report, instead of stopping with an error")
     ijb.set_defaults(func=_ijb)
     return parser.parse_args(argv)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Dict, Optional
 
 import torch
@@ -14,6 +15,19 @@ from evaluation.errors import UserInputError
 
 class CheckpointError(UserInputError):
     """A checkpoint that cannot be read or does not fit the model; the message names the file."""
+
+
+def load_error(path: str, exc: Exception, what: str = "checkpoint") -> CheckpointError:
+    """One line for a failed `torch.load(weights_only=True)`: the refused global (code the file would run), or
+    the reason without torch's multi-line preamble (which suggests weights_only=False)."""
+    text = str(exc)
+    refused = re.search(r"GLOBAL ([\w.]+)", text)
+    if refused:
+        return CheckpointError(f"{path}: refused to load global '{refused.group(1)}' "
+                               "(a checkpoint holds only tensors and plain data)")
+    detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", text) or re.search(r"(\S.*)", text)
+    reason = f": {detail.group(1).strip()}" if detail else ""
+    return CheckpointError(f"{path}: not a readable {what} ({type(exc).__name__}{reason})")
 
 
 def atomic_save(obj: Any, path: str) -> None:
@@ -41,7 +55,7 @@ def load_state_dict_file(path: str) -> Dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle garbage, ...
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+        raise load_error(path, exc, "PyTorch checkpoint") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
