@@ -98,7 +98,7 @@ class DaliLoader(EpochPosition):
         per_rank = self.index.images // env.world_size
         self.steps = per_rank // batch_size
         if self.steps < 1:
-            raise ValueError(f"data.batch_size={batch_size} is larger than this rank's share of the data set "
+            raise DataError(f"data.batch_size={batch_size} is larger than this rank's share of the data set "
                              f"({per_rank} of {self.index.images} images over {env.world_size} ranks)")
         device_id = (self.device.index or 0) if self.device.type == "cuda" else None
         opencv = _opencv() if device_id is None else None  # looked up once: a failed import is not cached
@@ -157,7 +157,7 @@ class DaliLoader(EpochPosition):
             return []
         mine = sorted({key for key, _ in shard_entries(self.index.path, self.rank, self.world)} & set(known))
         if mine:
-            log.warning("rank %d: leaving out %d records DALI failed to decode in an earlier run (listed in %s)",
+            log.warning("rank %d: %d records skipped: DALI failed to decode them in an earlier run (listed in %s)",
                         self.rank, len(mine), undecodable_path(self.index.path))
         return mine
 
@@ -209,7 +209,7 @@ class DaliLoader(EpochPosition):
         record_undecodable(self.index.path, {key: f"DALI's {decoder} decoder failed on it (rank {self.rank} of "
                                                   f"{self.world})" for key in found})
         self.excluded.extend(sorted(found))
-        log.warning("rank %d: %d undecodable records excluded; re-reading epoch %d up to batch %d without them",
+        log.warning("rank %d: skipped %d records DALI cannot decode; re-reading epoch %d up to batch %d without them",
                     self.rank, len(found), self.epoch, self._runs + 1)
         self._start(checkpoint=self._epoch_checkpoint)
 

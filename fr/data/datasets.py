@@ -11,9 +11,9 @@ import torch
 
 from fr.data.decode import Decoder, get_decoder, resize_rgb
 from fr.data.image_index import build_index, read_index_keys
-from fr.data.layout import DataError, checked_keys, read_layout, record_paths
+from fr.data.layout import DataError, checked_keys, log_skipped, read_layout, record_paths
 from fr.data.recordio import IndexedRecordIO, RecordIOError, unpack
-from fr.data.verify import label_of
+from fr.data.verify import bad_label, label_of
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +21,13 @@ log = logging.getLogger(__name__)
 class RecordDataset(torch.utils.data.Dataset):
     """Images and int labels from `root/train.rec`; yields (uint8 CHW tensor, int64 label).
 
-    Labels and identity records are checked from the headers when the dataset is built (an error names the
-    record). With a `cache_dir` ("" = the default place) the check is the one of `fr.data.image_index`, headers
-    plus a structural image check, done once per record file and shared with the DALI loader; without, the
-    headers are checked every time. A record that fails to read or decode while training is replaced by the next good one and
-    counted (`load` returns the count), so batches keep their size and no label is ever wrong.
+    Labels and identity records are checked from the headers when the dataset is built: identity records that
+    disagree with the header are an error naming the record; records with a garbled header or a label that
+    names no class are skipped (`skipped` counts them, one log line names the first). With a `cache_dir`
+    ("" = the default place) the check is the one of `fr.data.image_index`, headers plus a structural image
+    check, done once per record file and shared with the DALI loader; without, the headers are checked every
+    time. A record that fails to read or decode (or has a bad label) while training is skipped: replaced by
+    the next good one, its key returned by `load`, so batches keep their size and no label is ever wrong.
     Normalisation happens on the training device (see fr.data.loader), so workers ship uint8, 4x less data.
     Each worker process opens its own file handle (the reader reopens after fork).
     """
@@ -44,11 +46,13 @@ class RecordDataset(torch.utils.data.Dataset):
         self.num_classes = num_classes or self.layout.num_classes
         if validate and cache_dir is not None:
             index = build_index(root, self.num_classes, cache_dir)
-            self.keys, self.garbled = read_index_keys(index.path), index.skipped
+            self.keys, self.skipped = read_index_keys(index.path), index.skipped
         elif validate:
-            self.keys, self.garbled = checked_keys(self.record, self.layout, self.num_classes)
+            self.keys, skipped = checked_keys(self.record, self.layout, self.num_classes)
+            log_skipped(rec, skipped)
+            self.skipped = len(skipped)
         else:
-            self.keys, self.garbled = list(self.layout.image_keys), 0
+            self.keys, self.skipped = list(self.layout.image_keys), 0
         if not self.keys:
             raise DataError(f"{rec}: no readable image records")
         self.image_size = image_size
@@ -70,25 +74,39 @@ class RecordDataset(torch.utils.data.Dataset):
         except (RecordIOError, KeyError) as exc:
             raise DataError(f"{self.record.uri}: record {key}: {exc}") from None
         label = label_of(header)
-        if not 0 <= label < self.num_classes:
-            raise DataError(f"{self.record.uri}: record {key} has label {label}, outside [0, {self.num_classes})")
-        return decode_image(payload, self.image_size, f"{self.record.uri}: record {key}", self.decode), label
+        problem = bad_label(label, self.num_classes)
+        if problem is not None:
+            raise DataError(f"{self.record.uri}: record {key} {problem}")
+        return decode_image(payload, self.image_size, f"{self.record.uri}: record {key}", self.decode), int(label)
 
-    def load(self, index: int, seed: Optional[int] = None) -> Tuple[torch.Tensor, int, int]:
-        """(uint8 CHW, label, records skipped): a bad record is logged and replaced by the next good one.
+    def load(self, index: int, seed: Optional[int] = None) -> Tuple[torch.Tensor, int, torch.Tensor]:
+        """(uint8 CHW, label, skipped): a bad record is logged and replaced by the next good one; `skipped`
+        holds the keys of the records skipped for this sample (see `skipped_keys`).
 
         `seed` fixes this sample's flip and augmentation (see `to_chw`)."""
-        for skipped in range(self.max_replacements + 1):
-            key = self.keys[(index + skipped) % len(self.keys)]
+        bad = []
+        for attempt in range(self.max_replacements + 1):
+            key = self.keys[(index + attempt) % len(self.keys)]
             try:
                 image, label = self.read(key)
                 break
             except DataError as exc:
                 log.warning("skipping record: %s", exc)
+                bad.append(key)
         else:
             raise DataError(f"{self.record.uri}: {self.max_replacements + 1} consecutive records from key "
                             f"{self.keys[index]} are unreadable; run `fr-data verify {self.root}`")
-        return to_chw(image, self.flip, self.augment, seed), label, skipped
+        return to_chw(image, self.flip, self.augment, seed), label, skipped_keys(bad, self.max_replacements)
+
+
+def skipped_keys(keys, size: int) -> torch.Tensor:
+    """`keys` as an int64 tensor padded with -1 to `size`, so that samples collate into one batch tensor.
+
+    The loader keeps the keys in a set: a record met again (as the replacement of another bad record, or in
+    a later epoch) is counted once."""
+    out = torch.full((size,), -1, dtype=torch.int64)
+    out[:len(keys)] = torch.as_tensor(keys, dtype=torch.int64)
+    return out
 
 
 def to_chw(image: np.ndarray, flip: bool, augment=None, seed: Optional[int] = None) -> torch.Tensor:
@@ -120,7 +138,8 @@ def decode_image(payload: bytes, size: int, where: str, decode: Optional[Decoder
 class ImageFolderDataset(torch.utils.data.Dataset):
     """Aligned crops in `root/<identity>/*.jpg`: identities sorted by name are classes 0..C-1.
 
-    Same interface as RecordDataset (`num_classes`, `load`, `garbled`); unreadable files are replaced and counted.
+    Same interface as RecordDataset (`num_classes`, `load`, `skipped`); unreadable files are skipped (replaced,
+    their item index returned by `load`).
     """
 
     max_replacements = RecordDataset.max_replacements
@@ -135,7 +154,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         if num_classes and num_classes < found:
             raise DataError(f"data.num_classes={num_classes} but {root} holds {found} identity folders")
         self.num_classes = num_classes or found
-        self.garbled = 0
+        self.skipped = 0
         self.image_size, self.flip, self.augment = image_size, flip, augment
         self.decode = get_decoder(decoder)
 
@@ -146,19 +165,22 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         image, label, _ = self.load(index)
         return image, label
 
-    def load(self, index: int, seed: Optional[int] = None) -> Tuple[torch.Tensor, int, int]:
-        for skipped in range(self.max_replacements + 1):
-            path, label = self.items[(index + skipped) % len(self.items)]
+    def load(self, index: int, seed: Optional[int] = None) -> Tuple[torch.Tensor, int, torch.Tensor]:
+        bad = []
+        for attempt in range(self.max_replacements + 1):
+            item = (index + attempt) % len(self.items)
+            path, label = self.items[item]
             try:
                 with open(path, "rb") as fh:
                     image = decode_image(fh.read(), self.image_size, path, self.decode)
                 break
             except (OSError, DataError) as exc:
                 log.warning("skipping image: %s", exc)
+                bad.append(item)
         else:
             raise DataError(f"{self.root}: {self.max_replacements + 1} consecutive images from "
                             f"{self.items[index][0]} are unreadable")
-        return to_chw(image, self.flip, self.augment, seed), label, skipped
+        return to_chw(image, self.flip, self.augment, seed), label, skipped_keys(bad, self.max_replacements)
 
 
 def open_dataset(root: str, cache_dir: Optional[str] = None, **kwargs) -> torch.utils.data.Dataset:

@@ -18,17 +18,16 @@ import os
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Sequence, Tuple
 
-from fr.data.layout import DataError, checked_keys, read_layout, record_paths
+from fr.data.layout import DataError, checked_keys, log_skipped, read_layout, record_paths
 from fr.data.recordio import IndexedRecordIO, MXRecordIO, unpack
 from fr.data.verify import check_images
 from fr.fileio import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-# Part of the cache name: indexes written by an older check are not reused.
-INDEX_VERSION = 3
-# How many skipped records are named in the log (all of them are listed in the index's .json).
-LOGGED = 10
+# Part of the cache name: indexes written by an older check are not reused (v4: labels that name no class,
+# such as -0.5 or NaN, are skipped).
+INDEX_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ class ImageIndex:
     path: str
     images: int
     num_classes: int
-    skipped: int  # records left out: garbled headers plus images that failed the structural check
+    skipped: int  # records skipped: garbled headers, labels that name no class, images failing the check
     sizes: Dict[Tuple[int, int], int]  # (width, height) -> number of images
 
 
@@ -67,19 +66,13 @@ def build_index(root: str, num_classes: int = 0, cache_dir: str = "") -> ImageIn
                 _write_index(record, layout, classes, out, meta_path)
     with open(meta_path, "r", encoding="utf-8") as fh:
         meta = json.load(fh)
-    if meta["skipped"]:
-        log.warning("%s: %d records skipped (garbled or not decodable); listed in %s", rec_path,
-                    len(meta["skipped"]), meta_path)
+    log_skipped(rec_path, {int(key): why for key, why in meta["skipped"].items()}, meta_path)
     return ImageIndex(out, meta["images"], classes, len(meta["skipped"]), {(w, h): n for w, h, n in meta["sizes"]})
 
 
 def _write_index(record: IndexedRecordIO, layout, classes: int, out: str, meta_path: str) -> None:
-    keys, _ = checked_keys(record, layout, classes)  # logs garbled records; DataError for a label out of range
+    keys, skipped = checked_keys(record, layout, classes)  # DataError for identity records
     images = check_images(record, keys)
-    for message in list(images.problems.values())[:LOGGED]:
-        log.warning("skipping record: %s", message)
-    skipped = {key: f"{record.uri}: record {key}: garbled record header"
-               for key in sorted(set(layout.image_keys) - set(keys))}
     skipped.update(images.problems)
     meta = {"images": len(images.keys), "sizes": [[w, h, n] for (w, h), n in sorted(images.sizes.items())],
             "skipped": {str(key): skipped[key] for key in sorted(skipped)}}

@@ -2,18 +2,24 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, Iterator, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, Set, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from fr.config import DataConfig
 from fr.data.augment import build_augment
 from fr.data.datasets import RecordDataset, open_dataset
+from fr.data.layout import DataError
 from fr.distributed import DistEnv
 from fr.heads.seeding import mix_seed
+from fr.registry import Registry
+
+if TYPE_CHECKING:  # fr.config validates data.loader against LOADERS, so it must not be imported back
+    from fr.config import DataConfig
 
 log = logging.getLogger(__name__)
+# name -> (DataConfig, DistEnv, seed) -> loader; "auto" picks one (see resolve_loader_name)
+LOADERS = Registry("data loader", special=("auto",))
 
 
 def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -22,8 +28,8 @@ def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
 
 
 class _Counting(Dataset):
-    """Exposes `dataset.load` (image, label, records skipped) so skips are counted in the main process:
-    worker processes cannot update a counter the trainer sees, so the count travels with the batch."""
+    """Exposes `dataset.load` (image, label, keys of the records skipped) so skips are counted in the main
+    process: worker processes cannot update a counter the trainer sees, so the keys travel with the batch."""
 
     def __init__(self, dataset: RecordDataset):
         self.dataset = dataset
@@ -88,8 +94,9 @@ class DeviceLoader(EpochPosition):
     """Iterates (images [B,3,H,W] float in [-1,1], labels [B] int64) on `device`; every rank sees
     the same number of equally sized batches (the head's all-gather needs equal sizes).
 
-    `skipped` counts records replaced because they could not be read or decoded (plus those left out by
-    the header check), for the trainer's logs. `state_dict` holds the epoch and the batches consumed in it,
+    `skipped` counts the records skipped by the check before training plus those replaced while training
+    because they could not be read or decoded, each record once (not once per epoch or per replacement),
+    for the trainer's logs. `state_dict` holds the epoch and the batches consumed in it,
     so a resumed loader continues mid-epoch with the same samples, flips and augmentations.
     """
 
@@ -97,11 +104,12 @@ class DeviceLoader(EpochPosition):
         self.dataset = dataset
         self.device = env.device
         self.batch_size = batch_size
-        self.skipped = int(getattr(dataset, "garbled", 0))
+        self.skipped_by_check = int(getattr(dataset, "skipped", 0))  # skipped by the check before training
+        self.skipped_keys: Set[int] = set()  # skipped while training
         self.sampler = ResumableSampler(dataset, env, seed)
         self.steps = len(self.sampler) // batch_size
         if self.steps < 1:
-            raise ValueError(f"data.batch_size={batch_size} is larger than this rank's share of the data set "
+            raise DataError(f"data.batch_size={batch_size} is larger than this rank's share of the data set "
                              f"({len(self.sampler)} of {len(dataset)} images over {env.world_size} ranks)")
         self.loader = DataLoader(_Counting(dataset), batch_size=batch_size, sampler=self.sampler,
                                  num_workers=num_workers, drop_last=True, pin_memory=self.device.type == "cuda",
@@ -110,31 +118,37 @@ class DeviceLoader(EpochPosition):
     def __len__(self) -> int:
         return self.steps
 
+    @property
+    def skipped(self) -> int:
+        return self.skipped_by_check + len(self.skipped_keys)
+
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         non_blocking = self.device.type == "cuda"
         self.sampler.set_epoch(self.epoch)
         self.sampler.start = self.consumed * self.batch_size
         for images, labels, skipped in self.loader:
-            self.skipped += int(skipped.sum())
+            self.skipped_keys.update(key for key in skipped.flatten().tolist() if key >= 0)
             images = normalize(images.to(self.device, non_blocking=non_blocking))
             self.consumed += 1
             yield images, labels.to(self.device, non_blocking=non_blocking).long()
         self._end_epoch()
 
     def state_dict(self) -> Dict[str, int]:
-        return {"epoch": self.epoch, "consumed": self.consumed, "skipped": self.skipped}
+        return {"epoch": self.epoch, "consumed": self.consumed, "skipped_keys": sorted(self.skipped_keys)}
 
     def load_state_dict(self, state: Dict[str, int]) -> None:
         self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
-        self.skipped = int(state.get("skipped", self.skipped))
+        self.skipped_keys = {int(key) for key in state.get("skipped_keys", ())}
 
 
+@LOADERS.register("torch")
 def build_torch_loader(cfg: DataConfig, env: DistEnv, seed: int) -> DeviceLoader:
     dataset = open_dataset(cfg.root, num_classes=cfg.num_classes, image_size=cfg.image_size, flip=True,
                            augment=build_augment(cfg.augment), cache_dir=cfg.cache_dir)
     return DeviceLoader(dataset, cfg.batch_size, env, cfg.num_workers, seed)
 
 
+@LOADERS.register("dali")
 def build_dali_loader(cfg: DataConfig, env: DistEnv, seed: int):
     from fr.data.dali import DaliLoader
 
@@ -149,9 +163,6 @@ def dali_available() -> bool:
     return True
 
 
-LOADERS: Dict[str, Callable] = {"torch": build_torch_loader, "dali": build_dali_loader}
-
-
 def resolve_loader_name(name: str) -> str:
     """"auto" is DALI when it is installed, the torch DataLoader otherwise."""
     if name == "auto":
@@ -162,7 +173,6 @@ def resolve_loader_name(name: str) -> str:
 def build_loader(cfg: DataConfig, env: DistEnv, seed: int = 0):
     """The configured loader over `cfg.root`; `cfg.loader` ("torch", "dali", "auto") selects it."""
     name = resolve_loader_name(cfg.loader)
-    if name not in LOADERS:
-        raise ValueError(f"data.loader={cfg.loader!r}; choose from {['auto', *LOADERS]}")
+    build = LOADERS.get(name)
     log.info("data loader: %s", name)
-    return LOADERS[name](cfg, env, seed)
+    return build(cfg, env, seed)

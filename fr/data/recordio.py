@@ -22,6 +22,7 @@ _MAGIC_BYTES = struct.pack("<I", MAGIC)
 _LENGTH_MASK = (1 << 29) - 1
 _HEADER_FORMAT = "<IfQQ"
 _HEADER_SIZE = struct.calcsize(_HEADER_FORMAT)
+_MAX_OFFSET = 1 << 63  # file positions are signed 64-bit
 
 IRHeader = namedtuple("IRHeader", ["flag", "label", "id", "id2"])
 IRHeader.__doc__ = """Image record header: `flag` > 0 means `flag` float labels follow the header (then `label`
@@ -229,6 +230,8 @@ def read_index(idx_path: str) -> Dict[int, int]:
                 key, offset = int(fields[0]), int(fields[1])
             except (ValueError, IndexError):
                 raise RecordIOError(f"{idx_path}:{lineno}: expected 'key<TAB>offset', got {line[:60]!r}") from None
+            if not 0 <= offset < _MAX_OFFSET:  # a file cannot seek there: OSError/OverflowError later
+                raise RecordIOError(f"{idx_path}:{lineno}: offset {offset} of key {key} is not a file position")
             index[key] = offset
     return index
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import mmap
 import os
 import struct
@@ -64,19 +65,36 @@ def scan_headers(record: IndexedRecordIO, keys) -> Iterator[Tuple[int, Optional[
                 yield key, None, str(exc)
 
 
-def label_of(header: IRHeader) -> int:
-    """The class of an image record: its scalar label, or the first of a multi-label header."""
+def label_of(header: IRHeader) -> float:
+    """The stored class of an image record: its scalar label, or the first of a multi-label header (a float, as
+    stored; `bad_label` says whether it names a class)."""
     label = header.label
-    return int(float(label) if np.ndim(label) == 0 else float(np.asarray(label).ravel()[0]))
+    return float(label) if np.ndim(label) == 0 else float(np.asarray(label).ravel()[0])
+
+
+# float32 labels hold every integer only up to 2^24: a larger class number cannot be stored exactly.
+MAX_CLASSES = 1 << 24
+
+
+def bad_label(value: float, num_classes: int) -> Optional[str]:
+    """None for a label that names a class in `[0, num_classes)`, else what is wrong ("has label nan, ...")."""
+    if not math.isfinite(value):
+        return f"has label {value}, not a finite number"
+    if value != round(value):
+        return f"has label {value}, not a whole number"
+    if not 0 <= value < num_classes:
+        return f"has label {int(value)}, outside [0, {num_classes})"
+    return None
 
 
 @dataclass
 class CheckResult:
-    """What a header scan found: readable image keys with labels, garbled keys, and hard errors."""
+    """What a header scan found: usable image keys with their labels, skipped keys (garbled header or bad
+    label) with the reason, and hard errors (identity records)."""
 
     keys: List[int] = field(default_factory=list)
     labels: List[int] = field(default_factory=list)
-    garbled: Dict[int, str] = field(default_factory=dict)
+    skipped: Dict[int, str] = field(default_factory=dict)
     errors: List[str] = field(default_factory=list)
 
 
@@ -84,20 +102,21 @@ def check_records(record: IndexedRecordIO, image_keys: List[int], num_classes: i
                   identity_keys: Optional[List[int]] = None) -> CheckResult:
     """Read every image header (and identity record) and check labels and identity ranges.
 
-    Garbled records are collected (the loader skips them); labels outside `[0, num_classes)` and identity
-    records that disagree with the header are `errors`, each naming the record.
+    Garbled headers and labels that name no class (see `bad_label`) are `skipped` (the loaders leave them
+    out); identity records that disagree with the header are `errors`. Every message names the record.
     """
     result = CheckResult()
     for key, header, error in scan_headers(record, image_keys):
         if error is not None:
-            result.garbled[key] = error
+            result.skipped[key] = error
             continue
         label = label_of(header)
-        if not 0 <= label < num_classes:
-            result.errors.append(f"{record.uri}: record {key} has label {label}, outside [0, {num_classes})")
+        problem = bad_label(label, num_classes)
+        if problem is not None:
+            result.skipped[key] = f"{record.uri}: record {key} {problem}"
             continue
         result.keys.append(key)
-        result.labels.append(label)
+        result.labels.append(int(label))
     if identity_keys:
         result.errors.extend(_check_identities(record, image_keys, identity_keys))
     return result
@@ -115,6 +134,10 @@ def _check_identities(record: IndexedRecordIO, image_keys: List[int], identity_k
         if labels.size < 2:
             errors.append(f"{record.uri}: identity record {key} (class {c}) has label {labels.tolist()}, "
                           f"expected [start, end)")
+            continue
+        if not all(math.isfinite(x) and x == round(x) for x in labels[:2]):
+            errors.append(f"{record.uri}: identity record {key} (class {c}) has label {labels.tolist()}, "
+                          f"expected whole numbers [start, end)")
             continue
         start, end = int(labels[0]), int(labels[1])
         if start != expected_start or end <= start:
@@ -300,7 +323,7 @@ def verify_dir(root: str, decode: Callable[[bytes], object], progress=None) -> V
     report.images = len(layout.image_keys)
     identity_keys = layout.identity_keys
     check = check_records(record, layout.image_keys, layout.num_classes, identity_keys)
-    report.problems.extend(check.garbled.values())
+    report.problems.extend(check.skipped.values())
     report.problems.extend(check.errors)
     size = os.path.getsize(rec_path)
     for key in progress(check.keys) if progress else check.keys:
@@ -313,6 +336,6 @@ def verify_dir(root: str, decode: Callable[[bytes], object], progress=None) -> V
             report.problems.append(f"{rec_path}: record {key}: cannot decode image ({exc})")
     bad_offsets = [k for k, off in record.idx.items() if off >= size]
     report.problems.extend(f"{idx_path}: key {k} points past the end of {rec_path}" for k in bad_offsets
-                           if k not in check.garbled)
+                           if k not in check.skipped)
     record.close()
     return report
