@@ -6,6 +6,7 @@ import difflib
 import json
 import os
 import runpy
+import traceback
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Sequence, Tuple
@@ -108,6 +109,7 @@ class OutputConfig:
     save_state: bool = True        # write resumable checkpoints (all ranks' state) under <dir>/checkpoints
     checkpoint_every: int = 0      # steps between resumable checkpoints; 0 = at the end of every epoch
     keep_checkpoints: int = 1      # newest checkpoints kept; older ones are deleted once a newer one is whole
+    overwrite: bool = False        # a fresh run may replace an earlier run's outputs in `dir` (else it is refused)
 
 
 @dataclass
@@ -130,7 +132,6 @@ class Config:
 
 # ---------------------------------------------------------------------------------------------- choices
 CHOICES: Dict[str, Sequence[str]] = {
-    "data.loader": ("torch", "dali", "auto"),
     "partial_fc.update": ("dense", "sparse"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.amp": ("auto", "on", "off"),
@@ -138,23 +139,39 @@ CHOICES: Dict[str, Sequence[str]] = {
 
 
 def _registered_choices() -> Dict[str, Sequence[str]]:
-    """Names that come from registries (imported late: those modules import this one)."""
-    from fr.heads.margins import available_losses
-    from fr.models import list_backbones
+    """Names that come from registries; a list-valued key (data.augment) takes any number of them.
+
+    The registries' modules import nothing from this one (tests/test_import_graph.py checks), so this is no
+    cycle; they are imported here rather than at the top because only validation needs the models, heads and
+    data code. Importing a package's registry runs the package, which registers every entry.
+    """
+    from fr.data.augment import AUGMENTS
+    from fr.data.loader import LOADERS
+    from fr.heads.margins import LOSSES
+    from fr.models.registry import BACKBONES
     from fr.train.optim import OPTIMIZERS, SCHEDULES
 
-    return {"optim.name": sorted(OPTIMIZERS), "optim.schedule": sorted(SCHEDULES),
-            "model.backbone": list_backbones(), "loss.name": available_losses()}
+    return {"data.loader": LOADERS.choices(), "data.augment": AUGMENTS.choices(),
+            "optim.name": OPTIMIZERS.choices(), "optim.schedule": SCHEDULES.choices(),
+            "model.backbone": BACKBONES.choices(), "loss.name": LOSSES.choices()}
+
+
+def _check_choice(key: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), list(allowed), n=2)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}{hint}")
 
 
 def validate(cfg: Config) -> Config:
     """Check values that types alone cannot; raise ConfigError naming the key."""
     for key, allowed in {**CHOICES, **_registered_choices()}.items():
         value = get_value(cfg, key)
-        if value not in allowed:
-            close = difflib.get_close_matches(str(value), list(allowed), n=2)
-            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-            raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}{hint}")
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                _check_choice(f"{key}[{i}]", item, allowed)
+        else:
+            _check_choice(key, value, allowed)
     positive = ["data.batch_size", "data.image_size", "model.embedding_size", "eval.batch_size",
                 "data.synth.identities", "data.synth.per_identity"]
     for key in positive:
@@ -397,11 +414,61 @@ def load_file(path: str) -> Config:
         return from_dict(data, source=path)
     if not path.endswith(".py"):
         raise ConfigError(f"{path}: config files are .py recipes or .json saved configs")
-    namespace = runpy.run_path(path)
+    namespace = _run_recipe(path)
     cfg = namespace.get("config")
     if not isinstance(cfg, Config):
         raise ConfigError(f"{path}: must define `config`, a fr.config.Config (got {type(cfg).__name__})")
+    return check_types(cfg, path)
+
+
+def _run_recipe(path: str) -> Dict[str, Any]:
+    """Execute a .py recipe; its syntax error or exception becomes a ConfigError naming `file:line`."""
+    try:
+        return runpy.run_path(path)
+    except ConfigError:
+        raise  # already names its file (e.g. a base recipe loaded through `inherit`)
+    except SyntaxError as exc:
+        raise ConfigError(f"{exc.filename or path}:{exc.lineno}: {exc.msg}") from exc
+    except Exception as exc:
+        target = os.path.abspath(path)
+        line = next((frame.lineno for frame in reversed(traceback.extract_tb(exc.__traceback__))
+                     if os.path.abspath(frame.filename) == target), None)
+        where = f"{path}:{line}" if line is not None else path
+        raise ConfigError(f"{where}: {type(exc).__name__}: {exc}") from exc
+
+
+def check_types(cfg: Config, source: str) -> Config:
+    """Check (and normalise, e.g. int -> float) every field a recipe set, as overrides are checked."""
+
+    def walk(section: Any, prefix: str) -> None:
+        fields = _section_fields(section)
+        for name in vars(section):
+            if name not in fields:
+                raise ConfigError(f"{source}: {_unknown_key(cfg, prefix + name)}")
+        hints = typing.get_type_hints(type(section))
+        for name in fields:
+            key, value, annotation = prefix + name, getattr(section, name), hints[name]
+            if dataclasses.is_dataclass(annotation):
+                if not isinstance(value, annotation):
+                    raise ConfigError(f"{source}: {key} must be a {annotation.__name__} section, got {value!r}")
+                walk(value, key + ".")
+                continue
+            if isinstance(value, str) and annotation is not str and annotation is not Any:
+                # a recipe writes Python values: "0.1" for a float field is a mistake, not a literal to parse
+                raise ConfigError(f"{source}: {key} expects {_type_name(annotation)}, got {value!r}")
+            try:
+                setattr(section, name, coerce(value, annotation, key))
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
+
+    walk(cfg, "")
     return cfg
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    names = {bool: "a bool", int: "an int", float: "a number", list: "a list", tuple: "a tuple", dict: "a mapping"}
+    return names.get(origin or annotation, str(annotation))
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> Config:

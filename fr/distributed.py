@@ -5,12 +5,19 @@ import gc
 import logging
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, List, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
 
+from evaluation.errors import UserInputError
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class LaunchError(UserInputError):
+    """The launch environment or the requested device cannot be used; the message names the variable or setting."""
 
 
 @dataclass(frozen=True)
@@ -37,16 +44,21 @@ def _env_int(name: str, default: int) -> int:
         return default
     try:
         return int(value)
-    except ValueError as exc:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer") from exc
+    except ValueError:
+        raise LaunchError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def process_rank() -> int:
+    """This process's global rank as the launcher set it (RANK), before any process group exists."""
+    return _env_int("RANK", 0)
 
 
 def choose_device(preference: str, local_rank: int) -> torch.device:
     """`auto` takes this process's GPU when CUDA is available, else the CPU; `cpu`/`cuda` force it."""
     if preference not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"train.device must be one of auto, cpu, cuda; got {preference!r}")
+        raise LaunchError(f"device must be one of auto, cpu, cuda; got {preference!r}")
     if preference == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but CUDA is not available on this machine")
+        raise LaunchError("device cuda was requested but CUDA is not available on this machine")
     if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     device = torch.device("cuda", local_rank % torch.cuda.device_count())
@@ -61,7 +73,7 @@ def init_distributed(device_preference: str = "auto", timeout_s: float = 1800.0)
     NCCL is used on CUDA, gloo on CPU.
     """
     world_size = _env_int("WORLD_SIZE", 1)
-    rank = _env_int("RANK", 0)
+    rank = process_rank()
     local_rank = _env_int("LOCAL_RANK", rank)
     device = choose_device(device_preference, local_rank)
     if world_size > 1 and not dist.is_initialized():
@@ -145,3 +157,23 @@ def broadcast_object(obj, env: DistEnv, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def on_main(env: DistEnv, fn: Callable[[], T]) -> Optional[T]:
+    """Call `fn` on the main rank only; an exception it raises is raised on every rank.
+
+    A check that only rank 0 runs would otherwise leave the other ranks waiting in the next collective.
+    Returns `fn`'s result on the main rank and None elsewhere.
+    """
+    if not env.is_distributed:
+        return fn()
+    result, error = None, None
+    if env.is_main:
+        try:
+            result = fn()
+        except Exception as exc:  # handed to every rank below, then raised again here
+            error = exc
+    error = broadcast_object(error, env)
+    if error is not None:
+        raise error
+    return result

@@ -34,12 +34,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         from fr.distributed import cleanup
         from fr.train.preemption import TrainingInterrupted
         from fr.train.run import train
+        from fr.train.verification_hook import EvaluationFailed
 
         try:
             results = train(cfg)
         except TrainingInterrupted as stopped:
             print(f"fr-train: {stopped}", file=sys.stderr)
             return stopped.exit_status
+        except EvaluationFailed as failed:  # model.pt and results.json are written; the traceback is logged
+            print(f"fr-train: error: {failed}", file=sys.stderr)
+            return 1
         finally:
             cleanup()
         if results:

@@ -19,15 +19,15 @@ import os
 import random
 import re
 import shutil
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
 from fr.config import Config, get_value
 from fr.distributed import DistEnv, all_reduce, barrier
-from fr.fileio import atomic_write_json
-from fr.train.checkpoint import CheckpointError, atomic_save
+from fr.fileio import atomic_write_json, remove_stale_temporaries
+from fr.train.checkpoint import CheckpointError, atomic_save, load_error
 
 log = logging.getLogger("fr.train")
 
@@ -35,6 +35,7 @@ FORMAT = 1
 POINTER = "latest.json"
 MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+_STEP_FILES = r"rank\d{5}\.pt|" + re.escape(MANIFEST)  # what a step directory holds (as a regex)
 
 # Settings that fix tensor shapes, the class sharding or the optimizer state: a resumed run must share them.
 MUST_MATCH = ("model.backbone", "model.embedding_size", "model.kwargs", "data.batch_size", "loss.name",
@@ -125,6 +126,48 @@ class Checkpointer:
             shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
 
+def _step_dirs(directory: str) -> List[str]:
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [os.path.join(directory, name) for name in sorted(names)
+            if _STEP_DIR.match(name) and os.path.isdir(os.path.join(directory, name))]
+
+
+def remove_stale_checkpoint_temporaries(directory: str) -> List[str]:
+    """Delete the temporaries a killed run left in `directory` (the pointer's) and its step directories."""
+    removed = remove_stale_temporaries(directory, re.escape(POINTER))
+    for step_dir in _step_dirs(directory):
+        removed += remove_stale_temporaries(step_dir, _STEP_FILES)
+    return removed
+
+
+def discard_checkpoints(directory: str) -> List[str]:
+    """Delete an earlier run's checkpoints in `directory`: the pointer first (so that nothing resumes from a
+    half-deleted run), then each step directory's files. Files fr did not write stay, and so do the
+    directories holding them. Returns the paths removed."""
+    removed = remove_stale_checkpoint_temporaries(directory)
+    pointer = os.path.join(directory, POINTER)
+    if os.path.isfile(pointer):
+        os.remove(pointer)
+        removed.append(pointer)
+    own = re.compile(rf"^(?:{_STEP_FILES})$")
+    for step_dir in _step_dirs(directory):
+        manifest = os.path.join(step_dir, MANIFEST)
+        if os.path.isfile(manifest):  # unmark it before its rank files go, as Checkpointer.save does
+            os.remove(manifest)
+            removed.append(manifest)
+        for name in sorted(os.listdir(step_dir)):
+            path = os.path.join(step_dir, name)
+            if own.match(name) and os.path.isfile(path):
+                os.remove(path)
+                removed.append(path)
+        if not os.listdir(step_dir):
+            os.rmdir(step_dir)
+    return removed
+
+
 def resolve_resume(resume: str, out_dir: str) -> Optional[str]:
     """The step directory to resume from, or None for a fresh run.
 
@@ -132,10 +175,7 @@ def resolve_resume(resume: str, out_dir: str) -> Optional[str]:
     directory, its `checkpoints` directory, or one `step_*` directory.
     """
     pointer = os.path.join(out_dir, "checkpoints", POINTER)
-    if not resume:
-        if os.path.isfile(pointer):
-            log.warning("%s holds checkpoints of an earlier run; this fresh run will write its own beside them "
-                        "(train.resume=auto continues the earlier run instead)", out_dir)
+    if not resume:  # a fresh run; fr.train.run refuses one over an earlier run unless output.overwrite is set
         return None
     if resume == "auto":
         if not os.path.isfile(pointer):
@@ -205,7 +245,7 @@ def load_rank_state(step_dir: str, env: DistEnv, settings: Dict[str, Any]) -> Di
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        raise load_error(path, exc) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an fr training-state file (format {FORMAT})")
     return state

@@ -1,33 +1,42 @@
 """Builds a training run from a Config (data, backbone, Partial FC head, optimizer, hooks) and runs it."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
+import re
 import time
-from typing import Any, Dict, Optional
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from fr.config import Config, save_config
+from evaluation.errors import UserInputError
+from fr.config import Config, ConfigError, save_config
 from fr.data.loader import build_loader
-from fr.distributed import DistEnv, barrier, init_distributed
-from fr.fileio import atomic_write_json
+from fr.distributed import DistEnv, barrier, init_distributed, on_main
+from fr.fileio import OutputError, atomic_write_json, make_dirs, remove_stale_temporaries
 from fr.heads import PartialFC, build_loss, build_sparse_optimizer
 from fr.models import build_backbone
 from fr.train.checkpoint import atomic_save, backbone_state_dict
-from fr.train.resume import Checkpointer, load_rank_state, resolve_resume, run_settings
+from fr.train.resume import (Checkpointer, discard_checkpoints, load_rank_state, remove_stale_checkpoint_temporaries,
+                             resolve_resume, run_settings)
 from fr.train.logging import MetricLogger
 from fr.train.optim import build_optimizer, build_scheduler
 from fr.train.preemption import StopSignals
 from fr.train.trainer import Trainer
-from fr.train.verification_hook import VerificationHook
+from fr.train.verification_hook import EvaluationFailed, VerificationHook
 
 log = logging.getLogger("fr.train")
 
 AMP_DTYPES = {"cuda": torch.float16, "cpu": torch.bfloat16}
+OUTPUT_FILES = ("model.pt", "results.json", "config.json")  # written atomically into output.dir
+# What marks output.dir as holding a run (checkpoints/ holds latest.json; a top-level one is checked too).
+RUN_ARTEFACTS = OUTPUT_FILES + ("latest.json", "checkpoints", "tensorboard")
+TENSORBOARD_EVENTS = "events.out.tfevents."
 
 
 def amp_dtype_for(setting: str, device: torch.device) -> Optional[torch.dtype]:
@@ -56,57 +65,149 @@ def seed_everything(seed: int, rank: int) -> None:
 def prepare_data(cfg: Config, env: DistEnv) -> None:
     """Generate the synthetic set on the main rank when configured; other ranks wait for it."""
     if cfg.data.synthetic:
-        if env.is_main:
-            from fr.data.synthesize import ensure_synthetic
+        from fr.data.synthesize import ensure_synthetic
 
-            ensure_synthetic(cfg.data.root, cfg.data.synth)
-        barrier(env)
+        on_main(env, lambda: ensure_synthetic(cfg.data.root, cfg.data.synth))  # a failure stops every rank
+
+
+def run_artefacts(out_dir: str) -> List[str]:
+    """The outputs of an fr run already in `out_dir`, in RUN_ARTEFACTS order."""
+    if not os.path.isdir(out_dir):
+        return []
+    return [name for name in RUN_ARTEFACTS if os.path.lexists(os.path.join(out_dir, name))]
+
+
+def check_output_dir(cfg: Config) -> List[str]:
+    """Before anything is written: `output.dir` must be a directory fr can create and write, and a fresh run
+    (no train.resume) over an earlier run needs output.overwrite=true. Returns the artefacts it will replace."""
+    out_dir = cfg.output.dir
+    existing = os.path.abspath(out_dir)
+    while not os.path.exists(existing):  # the nearest existing ancestor is where the directory will be made
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        what = "is a file" if existing == os.path.abspath(out_dir) else f"is under a file ({existing})"
+        raise OutputError(f"output.dir={out_dir} {what}; expected a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"output.dir={out_dir}: {existing} is not writable (permissions or a read-only file "
+                          f"system)")
+    found = run_artefacts(out_dir)
+    if cfg.train.resume or not found:
+        return []
+    if not cfg.output.overwrite:
+        raise ConfigError(f"output.dir={out_dir} already holds an fr run ({found[0]}); continue it with "
+                          f"train.resume=auto, or replace it with output.overwrite=true")
+    return found
+
+
+@contextmanager
+def output_errors(out_dir: str) -> Iterator[None]:
+    """An OSError while writing the run's outputs becomes one line naming output.dir, the file and the reason."""
+    try:
+        yield
+    except OSError as exc:
+        path = exc.filename if exc.filename is not None else out_dir
+        raise OutputError(f"output.dir={out_dir}: cannot write {path} ({exc.strerror or exc})") from exc
+
+
+@contextmanager
+def settings_of(section: str) -> Iterator[None]:
+    """A component built from config section `section` rejects a value with ValueError: name the section."""
+    try:
+        yield
+    except UserInputError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"{section}: {exc}") from exc
+
+
+def replace_earlier_run(out_dir: str, found: List[str]) -> None:
+    """output.overwrite=true: remove the earlier run's own outputs (never foreign files) before this run writes."""
+    log.warning("output.overwrite=true: this fresh run replaces the earlier run's %s in %s", ", ".join(found), out_dir)
+    for name in ("model.pt", "results.json"):  # config.json is rewritten below
+        path = os.path.join(out_dir, name)
+        if os.path.isfile(path):
+            os.remove(path)
+    tensorboard = os.path.join(out_dir, "tensorboard")
+    if os.path.isdir(tensorboard):
+        for name in os.listdir(tensorboard):
+            path = os.path.join(tensorboard, name)
+            if name.startswith(TENSORBOARD_EVENTS) and os.path.isfile(path):
+                os.remove(path)
+    discard_checkpoints(os.path.join(out_dir, "checkpoints"))
+
+
+def start_outputs(cfg: Config, replacing: List[str]) -> None:
+    """Main rank, once every check has passed: make output.dir, clear what a killed or replaced run left, and
+    write config.json."""
+    out_dir = cfg.output.dir
+    with output_errors(out_dir):
+        make_dirs(out_dir)
+        if replacing:
+            replace_earlier_run(out_dir, replacing)
+        stale = remove_stale_temporaries(out_dir, "|".join(re.escape(name) for name in OUTPUT_FILES))
+        stale += remove_stale_checkpoint_temporaries(os.path.join(out_dir, "checkpoints"))
+        if stale:
+            log.info("removed %d temporary file(s) a stopped run left: %s", len(stale), ", ".join(stale))
+        # output.overwrite is this invocation's choice: `fr-train OUTPUT/config.json` must ask again.
+        save_config(dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, overwrite=False)),
+                    os.path.join(out_dir, "config.json"))
 
 
 def train(cfg: Config, env: Optional[DistEnv] = None) -> Dict[str, Any]:
-    """Train as configured; the main rank writes model.pt, config.json, results.json and TensorBoard logs."""
+    """Train as configured; the main rank writes model.pt, config.json, results.json and TensorBoard logs.
+
+    Every check (output.dir, data, resume compatibility, evaluation sets) runs before anything is written.
+    A failed evaluation still leaves model.pt and results.json, then raises EvaluationFailed.
+    """
     env = env or init_distributed(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     out_dir = cfg.output.dir
-    if env.is_main:
-        os.makedirs(out_dir, exist_ok=True)
-        save_config(cfg, os.path.join(out_dir, "config.json"))
+    resume_dir = resolve_resume(cfg.train.resume, out_dir)
+    replacing = on_main(env, lambda: check_output_dir(cfg)) or []
     prepare_data(cfg, env)
     seed_everything(cfg.train.seed, env.rank)
 
     loader = build_loader(cfg.data, env, seed=cfg.train.seed)
     num_classes = loader.dataset.num_classes
-    backbone = build_model(cfg).to(env.device)
+    settings = run_settings(cfg, num_classes)
+    saved = load_rank_state(resume_dir, env, settings) if resume_dir else None
+    resumed_step = int(saved["trainer"]["step"]) if saved else 0
+    hook = VerificationHook(cfg.eval.bins, cfg.data.root, env, cfg.eval.batch_size, cfg.data.image_size)
+    on_main(env, hook.load)
+    with settings_of("model"):
+        backbone = build_model(cfg).to(env.device)
     if cfg.train.channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
     plain_backbone = backbone
     if env.is_distributed:
         device_ids = [env.device.index] if env.device.type == "cuda" else None
         backbone = nn.parallel.DistributedDataParallel(backbone, device_ids=device_ids)
-    head = PartialFC(build_loss(cfg.loss.name, **cfg.loss.params), cfg.model.embedding_size, num_classes,
-                     sample_rate=cfg.partial_fc.sample_rate, env=env, seed=cfg.partial_fc.seed,
-                     update=cfg.partial_fc.update,
-                     interclass_filtering_threshold=cfg.partial_fc.interclass_filtering_threshold).to(env.device)
+    with settings_of("loss"):
+        margin_loss = build_loss(cfg.loss.name, **cfg.loss.params)
+    with settings_of("partial_fc"):
+        head = PartialFC(margin_loss, cfg.model.embedding_size, num_classes,
+                         sample_rate=cfg.partial_fc.sample_rate, env=env, seed=cfg.partial_fc.seed,
+                         update=cfg.partial_fc.update,
+                         interclass_filtering_threshold=cfg.partial_fc.interclass_filtering_threshold).to(env.device)
 
     steps_per_epoch = len(loader)
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
     warmup_steps = int(cfg.optim.warmup_epochs * steps_per_epoch)
     groups = [{"params": plain_backbone.parameters()}, {"params": head.parameters()}]
     # Sparse mode: the head's sampled rows are updated by the optimizer's own row-wise step.
-    optimizer = (build_sparse_optimizer(groups, [head], cfg.optim) if head.update == "sparse"
-                 else build_optimizer(groups, cfg.optim))
-    scheduler = build_scheduler(optimizer, cfg.optim, total_steps, warmup_steps)
+    with settings_of("optim"):
+        optimizer = (build_sparse_optimizer(groups, [head], cfg.optim) if head.update == "sparse"
+                     else build_optimizer(groups, cfg.optim))
+        scheduler = build_scheduler(optimizer, cfg.optim, total_steps, warmup_steps)
     global_batch = cfg.data.batch_size * env.world_size
-    settings = run_settings(cfg, num_classes)
-    resume_dir = resolve_resume(cfg.train.resume, out_dir)
-    saved = load_rank_state(resume_dir, env, settings) if resume_dir else None
-    resumed_step = int(saved["trainer"]["step"]) if saved else 0
+
+    # Every check has passed: from here on the run writes into output.dir.
+    on_main(env, lambda: start_outputs(cfg, replacing))
     # On resume, TensorBoard drops the events a crashed run logged after its last checkpoint.
     metrics = MetricLogger(os.path.join(out_dir, "tensorboard") if cfg.output.tensorboard else None,
                            global_batch, total_steps, enabled=env.is_main,
                            purge_step=resumed_step + 1 if saved else None)
-    hook = VerificationHook(cfg.eval.bins, cfg.data.root, env, cfg.eval.batch_size, cfg.data.image_size)
     evaluate = (lambda model, step: hook(model, step, metrics.scalars)) if hook else None
     log.info("training %s on %d images, %d classes, %d rank(s), global batch %d, %d steps (%d per epoch)",
              cfg.model.backbone, len(loader.dataset), num_classes, env.world_size, global_batch,
@@ -131,27 +232,43 @@ def train(cfg: Config, env: Optional[DistEnv] = None) -> Dict[str, Any]:
     try:
         with StopSignals() as stop:  # SIGTERM/SIGUSR1: finish the step, checkpoint, raise TrainingInterrupted
             trainer.stop_requested = stop.requested
-            state = trainer.fit()
+            trainer.fit()
     finally:
         metrics.close()  # flush TensorBoard even when the run fails
     train_seconds = time.perf_counter() - start
 
     results: Dict[str, Any] = {}
     if env.is_main:
-        atomic_save(backbone_state_dict(plain_backbone), os.path.join(out_dir, "model.pt"))
-        final = trainer.eval_results.get(state.step, {})
-        untrained = trainer.eval_results.get(0, {})
-        results = {
-            "steps": state.step, "epochs": state.epoch, "world_size": env.world_size,
-            "num_images": len(loader.dataset), "num_classes": num_classes,
-            "final_loss": state.last_loss, "train_seconds": round(train_seconds, 2),
-            "verification_untrained": untrained, "verification": final,
-            "history": state.history, "checkpoint": os.path.join(out_dir, "model.pt"),
-        }
-        atomic_write_json(os.path.join(out_dir, "results.json"), results)
-        for name in final:
-            before = untrained.get(name, {}).get("accuracy")
-            log.info("%s: accuracy untrained %s -> trained %.4f", name,
-                     f"{before:.4f}" if before is not None else "n/a", final[name]["accuracy"])
+        with output_errors(out_dir):
+            results = write_results(out_dir, plain_backbone, trainer, loader, num_classes, env, train_seconds,
+                                    hook.errors)
     barrier(env)
+    if results.get("verification_error"):
+        raise EvaluationFailed(f"verification failed: {results['verification_error']}; model.pt and results.json "
+                               f"were written to {out_dir} (the traceback is in the log)", results)
+    return results
+
+
+def write_results(out_dir: str, plain_backbone: nn.Module, trainer: Trainer, loader, num_classes: int,
+                  env: DistEnv, train_seconds: float, eval_errors: List[str]) -> Dict[str, Any]:
+    """Write model.pt and results.json (main rank), with the first failed evaluation if any; returns the results."""
+    state = trainer.state
+    atomic_save(backbone_state_dict(plain_backbone), os.path.join(out_dir, "model.pt"))
+    final = trainer.eval_results.get(state.step, {})
+    untrained = trainer.eval_results.get(0, {})
+    results: Dict[str, Any] = {
+        "steps": state.step, "epochs": state.epoch, "world_size": env.world_size,
+        "num_images": len(loader.dataset), "num_classes": num_classes,
+        "final_loss": state.last_loss, "train_seconds": round(train_seconds, 2),
+        "verification_untrained": untrained, "verification": final,
+        "history": state.history, "checkpoint": os.path.join(out_dir, "model.pt"),
+    }
+    if eval_errors:
+        more = f" (and {len(eval_errors) - 1} more failure(s), see the log)" if len(eval_errors) > 1 else ""
+        results["verification_error"] = eval_errors[0] + more
+    atomic_write_json(os.path.join(out_dir, "results.json"), results)
+    for name in final:
+        before = untrained.get(name, {}).get("accuracy")
+        log.info("%s: accuracy untrained %s -> trained %.4f", name,
+                 f"{before:.4f}" if before is not None else "n/a", final[name]["accuracy"])
     return results

@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from torch import nn
 
+from evaluation.errors import UserInputError
 from fr.distributed import DistEnv, all_reduce
 from fr.train.logging import MetricLogger
 from fr.train.preemption import TrainingInterrupted
@@ -21,8 +22,9 @@ log = logging.getLogger("fr.train")
 EvalFn = Callable[[nn.Module, int], Dict[str, Dict[str, float]]]
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf: stopping beats writing a checkpoint of garbage."""
+class NonFiniteLossError(UserInputError):
+    """The loss became NaN/inf: stopping beats writing a checkpoint of garbage. Usually the settings' doing
+    (learning rate, margin, data), so it is reported as one line like other user errors."""
 
 
 @dataclass
@@ -90,8 +92,9 @@ class Trainer:
         self.scheduler.step()
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise NonFiniteLossError(f"loss became {value} at step {self.state.step + 1}; lower optim.lr or "
-                                     f"check the data (no checkpoint was written for this step)")
+            raise NonFiniteLossError(f"the loss became {value} at step {self.state.step + 1}: try a lower optim.lr, "
+                                     f"gradient clipping (optim.clip_grad_norm > 0) or train.amp=off, or check "
+                                     f"the data; no checkpoint was written for this step (the last good one is kept)")
         return value
 
     def extra_scalars(self) -> Dict[str, float]:

@@ -3,15 +3,27 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from torch import nn
 
 from evaluation import embed_images, evaluate, load_bin
+from evaluation.bin_format import BinFormatError
+from fr.config import ConfigError
 from fr.distributed import DistEnv, barrier
 
 log = logging.getLogger("fr.train")
+
+FOLDS = 10  # insightface's 10-fold protocol; every set needs at least this many pairs
+
+
+class EvaluationFailed(RuntimeError):
+    """An evaluation during training failed; raised once model.pt and results.json are written (`results`)."""
+
+    def __init__(self, message: str, results: Optional[Dict[str, Any]] = None):
+        super().__init__(message)
+        self.results = results or {}
 
 
 def resolve_bin(path: str, data_root: str) -> str:
@@ -20,25 +32,35 @@ def resolve_bin(path: str, data_root: str) -> str:
     for candidate in candidates:
         if os.path.isfile(candidate):
             return candidate
-    raise FileNotFoundError(f"verification set {path!r} not found (looked for {', '.join(candidates)})")
+    raise ConfigError(f"eval.bins: verification set {path!r} not found (looked for {', '.join(candidates)})")
 
 
 class VerificationHook:
-    """Loads the sets once on the main rank; `__call__` evaluates there while other ranks wait."""
+    """Loads and checks the sets on the main rank (`load`, before training); `__call__` evaluates there while
+    the other ranks wait. A failing evaluation is logged and kept in `errors`, and training goes on."""
 
-    def __init__(self, bins: List[str], data_root: str, env: DistEnv, batch_size: int, image_size: int = 112):
+    def __init__(self, bins: List[str], data_root: str, env: DistEnv, batch_size: int, image_size: int = 112,
+                 folds: int = FOLDS):
         self.env = env
         self.enabled = bool(bins)  # the same on every rank, so all of them take part in the barrier
-        self.batch_size = batch_size
+        self.bins, self.data_root, self.image_size = list(bins), data_root, image_size
+        self.batch_size, self.folds = batch_size, folds
         self.sets: List[Tuple[str, np.ndarray, np.ndarray]] = []
         self.best: Dict[str, float] = {}
-        if env.is_main:
-            for item in bins:
-                path = resolve_bin(item, data_root)
-                images, issame = load_bin(path, image_size=image_size)
-                name = os.path.splitext(os.path.basename(path))[0]
-                self.sets.append((name, images, issame))
-                log.info("verification set %s: %d pairs", name, len(issame))
+        self.errors: List[str] = []
+
+    def load(self) -> None:
+        """Read and check every set (call on the main rank): a missing or malformed file, or fewer pairs than
+        the protocol's folds, fails here rather than at the first evaluation."""
+        for item in self.bins:
+            path = resolve_bin(item, self.data_root)
+            images, issame = load_bin(path, image_size=self.image_size)
+            if len(issame) < self.folds:
+                raise BinFormatError(f"{path}: {len(issame)} pairs, but the {self.folds}-fold verification "
+                                     f"protocol needs at least {self.folds}")
+            name = os.path.splitext(os.path.basename(path))[0]
+            self.sets.append((name, images, issame))
+            log.info("verification set %s: %d pairs", name, len(issame))
 
     def __bool__(self) -> bool:
         return self.enabled
@@ -48,14 +70,21 @@ class VerificationHook:
         results: Dict[str, Dict[str, float]] = {}
         if self.env.is_main:
             for name, images, issame in self.sets:
-                embeddings = embed_images(model, images, batch_size=self.batch_size, device=self.env.device)
-                result = evaluate(embeddings, issame)
-                self.best[name] = max(self.best.get(name, 0.0), result.accuracy)
-                results[name] = {"accuracy": float(result.accuracy), "std": float(result.std),
-                                 "xnorm": float(result.xnorm), "best": self.best[name]}
-                log.info("[%s][%d] accuracy-flip %.5f +- %.5f  xnorm %.3f  best %.5f",
-                         name, step, result.accuracy, result.std, result.xnorm, self.best[name])
-                if scalars is not None:
-                    scalars(step, {f"val/{name}_accuracy": result.accuracy, f"val/{name}_xnorm": result.xnorm})
+                try:
+                    results[name] = self._evaluate(model, step, name, images, issame, scalars)
+                except Exception as exc:  # a failed evaluation must not cost the trained model
+                    log.exception("verification of %s at step %d failed", name, step)
+                    self.errors.append(f"{name} at step {step}: {type(exc).__name__}: {exc}")
         barrier(self.env)
         return results
+
+    def _evaluate(self, model, step, name, images, issame, scalars) -> Dict[str, float]:
+        embeddings = embed_images(model, images, batch_size=self.batch_size, device=self.env.device)
+        result = evaluate(embeddings, issame, nrof_folds=self.folds)
+        self.best[name] = max(self.best.get(name, 0.0), result.accuracy)
+        log.info("[%s][%d] accuracy-flip %.5f +- %.5f  xnorm %.3f  best %.5f",
+                 name, step, result.accuracy, result.std, result.xnorm, self.best[name])
+        if scalars is not None:
+            scalars(step, {f"val/{name}_accuracy": result.accuracy, f"val/{name}_xnorm": result.xnorm})
+        return {"accuracy": float(result.accuracy), "std": float(result.std),
+                "xnorm": float(result.xnorm), "best": self.best[name]}
