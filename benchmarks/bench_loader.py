@@ -26,11 +26,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from evaluation.preprocess import normalize
 from fr.config import DataConfig
-from fr.data.loader import LOADERS, dali_available, normalize
-from fr.data.synthetic import identity_for, render_face
+from fr.data.loader import LOADERS, dali_available
 from fr.data.writer import InsightfaceRecordWriter
 from fr.distributed import DistEnv
+from fr.synth.identity import identity_for
+from fr.synth.render import render_face
 
 POOL = 400  # distinct rendered faces
 

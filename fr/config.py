@@ -3,18 +3,48 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import json
 import os
 import runpy
 import traceback
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 from evaluation.errors import UserInputError
 
 
 class ConfigError(UserInputError):
     """A configuration problem, phrased as one line naming the key or file."""
+
+
+# Fixed choice sets live in the annotations: overrides, recipes and `validate()` all check against these args.
+HeadUpdate = Literal["dense", "sparse"]
+Device = Literal["auto", "cpu", "cuda"]
+Amp = Literal["auto", "on", "off"]
+# A margin loss keyword: the losses take floats, bools (exact_gradient, plus), ints (seed) and None (sigma).
+LossParam = Optional[Union[bool, int, float]]
+
+
+def _choice_error(key: str, value: Any, allowed: Sequence[str]) -> ConfigError:
+    close = difflib.get_close_matches(str(value), list(allowed), n=2)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    return ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}{hint}")
+
+
+def _check_choice(key: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise _choice_error(key, value, allowed)
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key} must be > 0, got {value}")
+
+
+def _non_negative(key: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{key} must be >= 0, got {value}")
 
 
 @dataclass
@@ -24,10 +54,32 @@ class SynthConfig:
     identities: int = 600          # training identities
     per_identity: int = 20         # training images per identity
     holdout_identities: int = 300  # disjoint identities for the verification .bin
-    pairs: int = 1200              # verification pairs (half positive), a multiple of 20 keeps folds balanced
+    pairs: int = 1200              # verification pairs, a positive multiple of 20: 10 folds, each half positive
     seed: int = 0
     workers: int = 0               # rendering processes; 0 = one per CPU core
     difficulty: float = 1.0        # multiplier on every nuisance variation (pose, light, occlusion, ...)
+
+    FOLDS: typing.ClassVar[int] = 10  # verification folds; each holds as many positive as negative pairs
+
+    def validate(self) -> None:
+        """ConfigError naming the first field that would give an empty, unbalanced or unrenderable data set.
+
+        The only copy of these rules: config loading and the generator (`fr.synth.dataset`) both call it.
+        """
+        rules = (
+            ("identities", self.identities >= 1, ">= 1"),
+            ("per_identity", self.per_identity >= 1, ">= 1"),
+            ("holdout_identities", self.holdout_identities >= 2, ">= 2 (a negative pair needs two identities)"),
+            ("pairs", self.pairs > 0 and self.pairs % (2 * self.FOLDS) == 0,
+             f"a positive multiple of {2 * self.FOLDS} ({self.FOLDS} folds x one positive and one negative pair)"),
+            ("seed", self.seed >= 0, ">= 0"),
+            ("workers", self.workers >= 0, ">= 0"),
+            ("difficulty", 0 <= self.difficulty < float("inf"), "a finite number >= 0"),
+        )
+        for name, ok, wanted in rules:
+            if not ok:
+                raise ConfigError(f"data.synth.{name} (fr-data synth --{name.replace('_', '-')}) must be {wanted}, "
+                                  f"got {getattr(self, name)}")
 
 
 @dataclass
@@ -43,6 +95,22 @@ class DataConfig:
     augment: List[str] = field(default_factory=list)  # of resize, blur, hsv, gray (flip is always on)
     cache_dir: str = ""            # checked image index (both loaders); "" = <data.root>/.fr_cache, else ~/.cache/fr
 
+    def validate(self) -> None:
+        """data.root, names against the loader and augmentation registries, sizes, then data.synth."""
+        from fr.data.augment import AUGMENTS
+        from fr.data.loader import LOADERS
+
+        if not self.root:
+            raise ConfigError("data.root is empty: set it to the directory holding train.rec/train.idx")
+        _check_choice("data.loader", self.loader, LOADERS.choices())
+        for i, name in enumerate(self.augment):
+            _check_choice(f"data.augment[{i}]", name, AUGMENTS.choices())
+        _non_negative("data.num_classes", self.num_classes)
+        _non_negative("data.num_workers", self.num_workers)
+        _positive("data.batch_size", self.batch_size)
+        _positive("data.image_size", self.image_size)
+        self.synth.validate()
+
 
 @dataclass
 class ModelConfig:
@@ -51,19 +119,53 @@ class ModelConfig:
     dropout: float = 0.0
     kwargs: Dict[str, Any] = field(default_factory=dict)  # extra backbone keywords, e.g. {"scale": 1}
 
+    def validate(self) -> None:
+        from fr.models.registry import BACKBONES
+
+        _check_choice("model.backbone", self.backbone, BACKBONES.choices())
+        _positive("model.embedding_size", self.embedding_size)
+
 
 @dataclass
 class LossConfig:
     name: str = "arcface"
-    params: Dict[str, float] = field(default_factory=dict)  # loss keywords; empty = the paper's defaults
+    params: Dict[str, LossParam] = field(default_factory=dict)  # loss keywords; empty = the paper's defaults
+
+    def validate(self) -> None:
+        """The name against the loss registry; each param against that loss's keywords and their types."""
+        from fr.heads.margins import LOSSES
+        from fr.registry import keyword_names
+
+        _check_choice("loss.name", self.name, LOSSES.choices())
+        factory = LOSSES.get(self.name)
+        accepted = keyword_names(factory)
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values())
+        hints = typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
+        for name, value in self.params.items():
+            key = f"loss.params.{name}"
+            if name not in accepted and not takes_any:  # as LOSSES.build: **kwargs takes any name
+                close = difflib.get_close_matches(name, accepted, n=2)
+                hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+                raise ConfigError(f"{key}: loss {self.name!r} has no parameter {name!r}{hint}; "
+                                  f"it takes {', '.join(accepted) or 'none'}")
+            if _is_scalar_type(hints.get(name)):
+                coerce(value, hints[name], key)  # e.g. exact_gradient=0.5 or seed=1.5 is caught here
 
 
 @dataclass
 class PartialFCConfig:
     sample_rate: float = 1.0
     seed: int = 0
-    update: str = "dense"                        # dense | sparse (only sampled rows + their momentum; sgd only)
+    update: HeadUpdate = "dense"                 # dense | sparse (only sampled rows + their momentum; sgd only)
     interclass_filtering_threshold: float = 0.0  # 0 disables; softmax-type losses only
+
+    def validate(self) -> None:
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise ConfigError(f"partial_fc.sample_rate must be in (0, 1], got {self.sample_rate}")
+        _check_choice("partial_fc.update", self.update, typing.get_args(HeadUpdate))
+        if not 0.0 <= self.interclass_filtering_threshold < 1.0:
+            raise ConfigError("partial_fc.interclass_filtering_threshold must be in [0, 1), got "
+                              f"{self.interclass_filtering_threshold}")
 
 
 @dataclass
@@ -78,20 +180,39 @@ class OptimConfig:
     warmup_epochs: float = 0.0
     clip_grad_norm: float = 5.0    # on the backbone's gradients; 0 disables
 
+    def validate(self) -> None:
+        from fr.train.optim import OPTIMIZERS, SCHEDULES
+
+        _check_choice("optim.name", self.name, OPTIMIZERS.choices())
+        _positive("optim.lr", self.lr)
+        _non_negative("optim.weight_decay", self.weight_decay)
+        _check_choice("optim.schedule", self.schedule, SCHEDULES.choices())
+        _non_negative("optim.warmup_epochs", self.warmup_epochs)
+        _non_negative("optim.clip_grad_norm", self.clip_grad_norm)
+
 
 @dataclass
 class TrainConfig:
     epochs: int = 20
     max_steps: int = 0             # > 0 stops after this many steps (overrides epochs)
     seed: int = 2048
-    device: str = "auto"           # auto | cpu | cuda
-    amp: str = "auto"              # auto (fp16 on CUDA, off on CPU) | on | off
+    device: Device = "auto"        # auto | cpu | cuda
+    amp: Amp = "auto"              # auto (fp16 on CUDA, off on CPU) | on | off
     log_every: int = 50            # steps between console/TensorBoard logs
     threads: int = 0               # torch intra-op threads per process; 0 = torch's default
     exact_backbone_grad: bool = False  # True: backbone gets the exact global-batch gradient at any world size
     channels_last: bool = False    # NHWC memory format for the backbone (faster convs on CPU and tensor cores)
     resume: str = ""               # "" = fresh run; "auto" = continue from output.dir's last checkpoint if any;
                                    # or a run dir / its checkpoints dir / one step_* dir to continue from
+
+    def validate(self) -> None:
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ConfigError("train.epochs or train.max_steps must be > 0")
+        _non_negative("train.max_steps", self.max_steps)
+        _check_choice("train.device", self.device, typing.get_args(Device))
+        _check_choice("train.amp", self.amp, typing.get_args(Amp))
+        _positive("train.log_every", self.log_every)
+        _non_negative("train.threads", self.threads)
 
 
 @dataclass
@@ -100,6 +221,10 @@ class EvalConfig:
     every: int = 2000              # steps between evaluations; 0 = only at the end
     at_start: bool = False         # also evaluate the untrained network
     batch_size: int = 128
+
+    def validate(self) -> None:
+        _non_negative("eval.every", self.every)
+        _positive("eval.batch_size", self.batch_size)
 
 
 @dataclass
@@ -110,6 +235,11 @@ class OutputConfig:
     checkpoint_every: int = 0      # steps between resumable checkpoints; 0 = at the end of every epoch
     keep_checkpoints: int = 1      # newest checkpoints kept; older ones are deleted once a newer one is whole
     overwrite: bool = False        # a fresh run may replace an earlier run's outputs in `dir` (else it is refused)
+
+    def validate(self) -> None:
+        _non_negative("output.checkpoint_every", self.checkpoint_every)
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"output.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
 
 
 @dataclass
@@ -123,85 +253,20 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
+    def validate(self) -> Config:
+        """Each section checks its own fields (raising ConfigError naming the key), then the rules that span
+        sections; returns self."""
+        for section in dataclasses.fields(self):
+            getattr(self, section.name).validate()
+        if self.partial_fc.update == "sparse" and self.optim.name != "sgd":
+            raise ConfigError(f"partial_fc.update=sparse needs optim.name=sgd, got {self.optim.name!r}")
+        return self
+
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
-
-
-# ---------------------------------------------------------------------------------------------- choices
-CHOICES: Dict[str, Sequence[str]] = {
-    "partial_fc.update": ("dense", "sparse"),
-    "train.device": ("auto", "cpu", "cuda"),
-    "train.amp": ("auto", "on", "off"),
-}
-
-
-def _registered_choices() -> Dict[str, Sequence[str]]:
-    """Names that come from registries; a list-valued key (data.augment) takes any number of them.
-
-    The registries' modules import nothing from this one (tests/test_import_graph.py checks), so this is no
-    cycle; they are imported here rather than at the top because only validation needs the models, heads and
-    data code. Importing a package's registry runs the package, which registers every entry.
-    """
-    from fr.data.augment import AUGMENTS
-    from fr.data.loader import LOADERS
-    from fr.heads.margins import LOSSES
-    from fr.models.registry import BACKBONES
-    from fr.train.optim import OPTIMIZERS, SCHEDULES
-
-    return {"data.loader": LOADERS.choices(), "data.augment": AUGMENTS.choices(),
-            "optim.name": OPTIMIZERS.choices(), "optim.schedule": SCHEDULES.choices(),
-            "model.backbone": BACKBONES.choices(), "loss.name": LOSSES.choices()}
-
-
-def _check_choice(key: str, value: Any, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        close = difflib.get_close_matches(str(value), list(allowed), n=2)
-        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-        raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}{hint}")
-
-
-def validate(cfg: Config) -> Config:
-    """Check values that types alone cannot; raise ConfigError naming the key."""
-    for key, allowed in {**CHOICES, **_registered_choices()}.items():
-        value = get_value(cfg, key)
-        if isinstance(value, list):
-            for i, item in enumerate(value):
-                _check_choice(f"{key}[{i}]", item, allowed)
-        else:
-            _check_choice(key, value, allowed)
-    positive = ["data.batch_size", "data.image_size", "model.embedding_size", "eval.batch_size",
-                "data.synth.identities", "data.synth.per_identity"]
-    for key in positive:
-        if get_value(cfg, key) <= 0:
-            raise ConfigError(f"{key} must be > 0, got {get_value(cfg, key)}")
-    for key in ["data.num_classes", "data.num_workers", "train.max_steps", "eval.every", "optim.warmup_epochs",
-                "optim.weight_decay", "optim.clip_grad_norm", "train.threads", "data.synth.workers",
-                "output.checkpoint_every"]:
-        if get_value(cfg, key) < 0:
-            raise ConfigError(f"{key} must be >= 0, got {get_value(cfg, key)}")
-    if cfg.partial_fc.update == "sparse" and cfg.optim.name != "sgd":
-        raise ConfigError(f"partial_fc.update=sparse needs optim.name=sgd, got {cfg.optim.name!r}")
-    if not 0.0 <= cfg.partial_fc.interclass_filtering_threshold < 1.0:
-        raise ConfigError("partial_fc.interclass_filtering_threshold must be in [0, 1), got "
-                          f"{cfg.partial_fc.interclass_filtering_threshold}")
-    if not 0.0 < cfg.partial_fc.sample_rate <= 1.0:
-        raise ConfigError(f"partial_fc.sample_rate must be in (0, 1], got {cfg.partial_fc.sample_rate}")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
-    if cfg.train.epochs <= 0 and cfg.train.max_steps <= 0:
-        raise ConfigError("train.epochs or train.max_steps must be > 0")
-    if cfg.output.keep_checkpoints < 1:
-        raise ConfigError(f"output.keep_checkpoints must be >= 1, got {cfg.output.keep_checkpoints}")
-    if cfg.train.log_every <= 0:
-        raise ConfigError(f"train.log_every must be > 0, got {cfg.train.log_every}")
-    if not cfg.data.root:
-        raise ConfigError("data.root is empty: set it to the directory holding train.rec/train.idx")
-    if cfg.data.synthetic and cfg.data.synth.pairs % 2:
-        raise ConfigError(f"data.synth.pairs must be even (half positive), got {cfg.data.synth.pairs}")
-    return cfg
 
 
 # ---------------------------------------------------------------------------------------------- access
@@ -230,24 +295,32 @@ def _unknown_key(cfg: Config, key: str) -> ConfigError:
 
 
 def _resolve(cfg: Config, key: str) -> Tuple[Any, str, Any]:
-    """Return (owner object, field name, field type) for a dotted key; dict fields accept any sub-key."""
+    """Return (owner object, field name, field type) for a dotted key; dict fields accept any sub-key, typed
+    as the dict's values."""
     parts = key.split(".")
     obj: Any = cfg
+    annotation: Any = Config
     for i, part in enumerate(parts):
         if isinstance(obj, dict):
             if i != len(parts) - 1:
                 raise _unknown_key(cfg, key)
-            return obj, part, Any
+            return obj, part, _value_type(annotation)
         if not dataclasses.is_dataclass(obj):
             raise _unknown_key(cfg, key)
         fields = _section_fields(obj)
         if part not in fields:
             raise _unknown_key(cfg, key)
+        annotation = typing.get_type_hints(type(obj))[part]
         if i == len(parts) - 1:
-            hints = typing.get_type_hints(type(obj))
-            return obj, part, hints[part]
+            return obj, part, annotation
         obj = getattr(obj, part)
     raise _unknown_key(cfg, key)
+
+
+def _value_type(annotation: Any) -> Any:
+    """The value type of a Dict[str, X] annotation."""
+    args = typing.get_args(annotation)
+    return args[1] if len(args) == 2 else Any
 
 
 def get_value(cfg: Config, key: str) -> Any:
@@ -258,6 +331,10 @@ def get_value(cfg: Config, key: str) -> Any:
 # ---------------------------------------------------------------------------------------------- parsing
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+_BOOL_WORDS = {word: word in _TRUE for word in (_TRUE | _FALSE) - {"1", "0"}}  # where 1 and 0 mean numbers
+
+
+_SCALARS = (bool, int, float, str, type(None))
 
 
 def _parse_scalar(text: str) -> Any:
@@ -271,18 +348,59 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
+def _is_scalar_type(annotation: Any) -> bool:
+    """bool, int, float, str, or a Union of them (Optional included): the types `coerce` can check a value of."""
+    members = typing.get_args(annotation) if typing.get_origin(annotation) is Union else (annotation,)
+    return all(member in _SCALARS for member in members)
+
+
+def _describe(types: Sequence[Any]) -> str:
+    names = {bool: "a bool", int: "an int", float: "a number", str: "a string"}
+    if float in types:  # an int is a number too
+        types = [t for t in types if t is not int]
+    return " or ".join(names[t] for t in types)
+
+
+def _coerce_union(value: Any, members: Sequence[Any], key: str) -> Any:
+    """A value for a Union of scalars (a loss param): a bool stays a bool and an int an int; text is read as
+    true/false/yes/no/on/off, then an int, then a number. Any other text is an error naming the key."""
+    if isinstance(value, str):
+        text = value.strip()
+        if bool in members and text.lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[text.lower()]
+        for kind in (int, float):
+            if kind in members:
+                try:
+                    return kind(text.replace("_", "") if kind is int else text)
+                except ValueError:
+                    pass
+    elif isinstance(value, bool):
+        if bool in members:
+            return value
+    elif isinstance(value, (int, float)):
+        if type(value) in members:
+            return value
+        if float in members:
+            return float(value)
+    raise ConfigError(f"{key} expects {_describe(members)}, got {value!r}")
+
+
 def coerce(value: Any, annotation: Any, key: str) -> Any:
     """Convert `value` (a string from the command line, or a Python/JSON value) to `annotation`."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if annotation is Any:
         return _parse_scalar(value) if isinstance(value, str) else value
-    if origin is typing.Union:  # Optional[X]
+    if origin is Literal:
+        if isinstance(value, str) and value in args:
+            return value
+        raise _choice_error(key, value, args)
+    if origin is typing.Union:  # Optional[X], or a Union of scalars
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             if type(None) in args:
                 return None
         inner = [a for a in args if a is not type(None)]
-        return coerce(value, inner[0], key)
+        return coerce(value, inner[0], key) if len(inner) == 1 else _coerce_union(value, inner, key)
     if dataclasses.is_dataclass(annotation):
         raise ConfigError(f"{key} is a section; set its fields, e.g. {key}.{dataclasses.fields(annotation)[0].name}=...")
     if annotation is bool:
@@ -345,7 +463,10 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
                 raise ConfigError(f"{key} expects a JSON object, got {value!r}") from None
         if not isinstance(value, dict):
             raise ConfigError(f"{key} expects a mapping, got {value!r}")
-        return dict(value)
+        value_type = _value_type(annotation)
+        if value_type is Any:  # e.g. model.kwargs: whatever the backbone takes, as written
+            return dict(value)
+        return {name: coerce(item, value_type, f"{key}.{name}") for name, item in value.items()}
     raise ConfigError(f"{key}: unsupported field type {annotation!r}")
 
 
@@ -453,7 +574,7 @@ def check_types(cfg: Config, source: str) -> Config:
                     raise ConfigError(f"{source}: {key} must be a {annotation.__name__} section, got {value!r}")
                 walk(value, key + ".")
                 continue
-            if isinstance(value, str) and annotation is not str and annotation is not Any:
+            if isinstance(value, str) and not _takes_text(annotation):
                 # a recipe writes Python values: "0.1" for a float field is a mistake, not a literal to parse
                 raise ConfigError(f"{source}: {key} expects {_type_name(annotation)}, got {value!r}")
             try:
@@ -465,6 +586,13 @@ def check_types(cfg: Config, source: str) -> Config:
     return cfg
 
 
+def _takes_text(annotation: Any) -> bool:
+    """Whether a recipe may set this field to a str (a str field, or a fixed set of names)."""
+    if typing.get_origin(annotation) is Literal:
+        return all(isinstance(arg, str) for arg in typing.get_args(annotation))
+    return annotation is str or annotation is Any
+
+
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     names = {bool: "a bool", int: "an int", float: "a number", list: "a list", tuple: "a tuple", dict: "a mapping"}
@@ -473,7 +601,7 @@ def _type_name(annotation: Any) -> str:
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
     """Load a recipe, apply overrides, validate."""
-    return validate(apply_overrides(load_file(path), overrides))
+    return apply_overrides(load_file(path), overrides).validate()
 
 
 def save_config(cfg: Config, path: str) -> None:

@@ -56,7 +56,7 @@ def test_warp_matches_pixel_centre_convention():
 
 
 def test_align_undoes_a_known_similarity_on_a_face():
-    from fr.data.synthetic import render_identity_images
+    from fr.synth.render import render_identity_images
 
     face = render_identity_images(0, 3, 1)[0]
     known = _similarity(1.6, 20.0, 70.0, 30.0)

@@ -13,8 +13,8 @@ from evaluation.align import ARCFACE_TEMPLATE, align_face, warp_affine
 from evaluation.ijb import load_meta
 from fr.cli.eval import main as eval_main
 from fr.config import Config, save_config
-from fr.data.synthetic import render_identity_images
 from fr.models import build_backbone
+from fr.synth.render import render_identity_images
 
 sk_metrics = pytest.importorskip("sklearn.metrics")
 

@@ -1,4 +1,5 @@
-"""Synthetic data set on disk: insightface layout, balanced disjoint verification pairs, determinism, caching."""
+"""Synthetic data set on disk: insightface layout, balanced disjoint verification pairs, determinism, caching,
+and the data.synth rules shared by config loading and the generator."""
 import json
 import os
 import pickle
@@ -7,10 +8,12 @@ import numpy as np
 import pytest
 
 from fr.cli.data import main as data_main
-from fr.config import SynthConfig
+from fr.config import ConfigError, SynthConfig, load_config
 from fr.data.datasets import RecordDataset
 from fr.data.recordio import IndexedRecordIO, unpack
-from fr.data.synthesize import ensure_synthetic, generate, plan_pairs
+from fr.synth.dataset import ensure_synthetic, generate, plan_pairs
+
+RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "synthetic.py")
 
 SMALL = dict(identities=6, per_identity=3, holdout_identities=5, pairs=40, seed=4)
 
@@ -34,11 +37,18 @@ def test_layout_and_pairs(tmp_path):
 
 def test_pairs_use_only_held_out_identities_and_no_image_twice():
     cfg = SynthConfig(**SMALL)
-    pairs, issame = plan_pairs(cfg)
-    images = [(a, ia) for a, ia, _, _ in pairs] + [(b, ib) for _, _, b, ib in pairs]
+    pairs = plan_pairs(cfg)
+    assert len(pairs) == cfg.pairs
+    images = [pair.first for pair in pairs] + [pair.second for pair in pairs]
     assert len(set(images)) == len(images)
-    assert all(cfg.identities <= k < cfg.identities + cfg.holdout_identities for k, _ in images)
-    assert all((a == b) == same for (a, _, b, _), same in zip(pairs, issame))
+    assert all(cfg.identities <= ref.identity < cfg.identities + cfg.holdout_identities for ref in images)
+    assert all((pair.first.identity == pair.second.identity) == pair.same for pair in pairs)
+    # image numbers count up from 0 per identity, in pair order
+    seen = {}
+    for pair in pairs:
+        for ref in (pair.first, pair.second):
+            assert ref.image == seen.get(ref.identity, 0)
+            seen[ref.identity] = ref.image + 1
 
 
 def test_output_does_not_depend_on_worker_count(tmp_path):
@@ -68,3 +78,38 @@ def test_cache_reuse_regeneration_and_refusal(tmp_path):
 def test_pairs_must_fill_balanced_folds(tmp_path):
     with pytest.raises(ValueError, match="multiple of 20"):
         generate(str(tmp_path / "x"), SynthConfig(**dict(SMALL, pairs=30)))
+    assert not (tmp_path / "x").exists()
+
+
+# one bad value per data.synth field: zero or one identity, an odd or unbalanced pair count, negative numbers
+BAD_VALUES = [("identities", 0), ("per_identity", 0), ("holdout_identities", 1), ("pairs", 0), ("pairs", 10),
+              ("pairs", 30), ("pairs", -20), ("seed", -1), ("workers", -1), ("difficulty", -0.5),
+              ("difficulty", float("nan")), ("difficulty", float("inf"))]
+
+
+@pytest.mark.parametrize("field,value", BAD_VALUES)
+def test_each_synth_rule_names_its_key_in_config_loading_and_in_the_generator(field, value, tmp_path, capsys):
+    key = f"data.synth.{field}"
+    with pytest.raises(ConfigError) as loading:
+        load_config(RECIPE, [f"data.root={tmp_path / 'data'}", f"{key}={value}"])
+    message = str(loading.value)
+    assert message.startswith(f"{key} (fr-data synth --{field.replace('_', '-')}) must be ")
+    assert message.endswith(f", got {value}") and "\n" not in message
+    # the generator applies the very same rule: the same message, before anything is written
+    out = tmp_path / "set"
+    with pytest.raises(ConfigError) as generating:
+        generate(str(out), SynthConfig(**{**SMALL, field: value}))
+    assert str(generating.value) == message
+    assert not out.exists()
+    flag = f"--{field.replace('_', '-')}"
+    argv = ["synth", "--out", str(out), *[a for k, v in SMALL.items() if k != field
+                                          for a in (f"--{k.replace('_', '-')}", str(v))], flag, str(value)]
+    assert data_main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"fr-data: error: {message}"
+
+
+def test_the_smallest_valid_recipe_passes_every_rule():
+    SynthConfig(identities=1, per_identity=1, holdout_identities=2, pairs=20, seed=0, workers=0,
+                difficulty=0.0).validate()
+    cfg = load_config(RECIPE, ["data.synth.pairs=20", "data.synth.holdout_identities=2", "data.synth.difficulty=0"])
+    assert (cfg.data.synth.pairs, cfg.data.synth.holdout_identities) == (20, 2)

@@ -4,20 +4,17 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fr.data.synthetic import (
+from fr.synth.identity import (
     FACIAL_HAIR,
     GLASSES,
     HAIR_STYLES,
     Identity,
-    SynthStyle,
     identity_for,
-    image_seed,
     identity_seed,
-    render_face,
-    render_identities,
-    render_identity_images,
+    image_seed,
     sample_identity,
 )
+from fr.synth.render import SynthStyle, render_face, render_identities, render_identity_images
 
 # ArcFace 112x112 template (insightface): eye centres, nose tip, mouth corners.
 ARCFACE_EYE_Y = (51.6963 + 51.5014) / 2

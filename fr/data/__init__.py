@@ -1,1 +1,1 @@
-"""Data: MXNet RecordIO, insightface-layout datasets and loaders, and the procedural synthetic face set."""
+"""Data: MXNet RecordIO, insightface-layout datasets and loaders (the synthetic face set is `fr.synth`)."""
