@@ -12,14 +12,14 @@ import errno
 import io
 import os
 import pickle
-import pickletools
 import reprlib
-import tempfile
+import struct
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
 from evaluation.errors import UserInputError
+from evaluation.fileio import atomic_write
 
 try:  # numpy >= 2 (numpy 1.x pickles name numpy.core, numpy 2 pickles numpy._core: both are admitted)
     from numpy._core import multiarray as _multiarray, numeric as _numeric
@@ -67,8 +67,13 @@ def _allowed_globals() -> Dict[Tuple[str, str], Callable]:
 _ALLOWED = _allowed_globals()
 
 
-class _BinUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only the allow-listed globals and refuses every other one."""
+class _BinUnpickler(pickle._Unpickler):
+    """An unpickler that resolves only the allow-listed globals and refuses every other one.
+
+    It builds on the pure-Python unpickler (as fast here, where the images are large byte strings): its memo is
+    a dict, whereas the C unpickler grows a table to any memo index a file names, so one mutated four-byte index
+    would ask for gigabytes before any global is looked up.
+    """
 
     def __init__(self, file: Any, path: str, **kwargs: Any):
         super().__init__(file, **kwargs)
@@ -81,24 +86,8 @@ class _BinUnpickler(pickle.Unpickler):
             raise BinFormatError(f"{self._path}: refused to load global '{module}.{name}' "
                                  "(a .bin holds only images and bools)") from None
 
-
-_MEMO_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
-_PERSISTENT_IDS = {"PERSID", "BINPERSID"}
-
-
-def _scan_opcodes(path: str, f: Any) -> None:
-    """Refuse what the C unpickler would act on before `find_class` sees it.
-
-    A memo index far beyond the opcodes read so far makes the unpickler allocate a table of that size (a
-    four-byte index asks for gigabytes); persistent ids need a loader no `.bin` has. A real file memoises
-    its objects in order, so every index stays below the number of opcodes before it.
-    """
-    for count, (opcode, arg, _) in enumerate(pickletools.genops(f)):
-        if opcode.name in _MEMO_PUTS and int(arg) > count:
-            raise BinFormatError(f"{path}: not a verification set (pickle memo index {arg} at opcode {count})")
-        if opcode.name in _PERSISTENT_IDS:
-            raise BinFormatError(f"{path}: refused a pickle persistent id (a .bin holds only images and bools)")
-    f.seek(0)
+    def persistent_load(self, pid: Any) -> Any:
+        raise BinFormatError(f"{self._path}: refused a pickle persistent id (a .bin holds only images and bools)")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -109,7 +98,6 @@ def _unpickle(path: str) -> Any:
     """The pickled object in `path`, retrying py2 pickles with `encoding='bytes'`."""
     try:
         with open(path, "rb") as f:
-            _scan_opcodes(path, f)
             try:
                 return _BinUnpickler(f, path).load()
             except UnicodeDecodeError:
@@ -121,7 +109,8 @@ def _unpickle(path: str) -> Any:
     except BinFormatError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
-            IndexError, KeyError, UnicodeDecodeError, OverflowError, MemoryError, RecursionError) as e:
+            IndexError, KeyError, UnicodeDecodeError, OverflowError, MemoryError, RecursionError,
+            struct.error) as e:
         raise BinFormatError(f"{path}: not a readable pickle ({_one_line(e)})") from None
 
 
@@ -219,7 +208,7 @@ def load_bin(path: Union[str, os.PathLike], image_size: ImageSize = 112, *,
     for i, data in enumerate(bins):
         try:
             images[i] = decode_image(data, (h, w))
-        except (OSError, ValueError, TypeError, SyntaxError) as e:  # PIL raises these for corrupt data
+        except (OSError, ValueError, TypeError, SyntaxError, Image.DecompressionBombError) as e:  # what PIL raises for bad data
             raise BinFormatError(f"{path}: image {i} cannot be decoded ({_one_line(e)})") from None
     return images, issame
 
@@ -233,19 +222,8 @@ def write_bin(path: Union[str, os.PathLike], images_bytes: Sequence[bytes], issa
         raise ValueError(f"{path}: expected an even number of images (pairs at 2i, 2i+1), got {len(bins)}")
     if len(flags) * 2 != len(bins):
         raise ValueError(f"{path}: {len(flags)} issame entries need {len(flags) * 2} images, got {len(bins)}")
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".bin", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump((bins, flags), f, protocol=4)
-            f.flush()
-            os.fsync(f.fileno())
-        # Readers see either the old file or the complete new one, never a partial write.
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # Readers see either the old file or the complete new one, never a partial write.
+    atomic_write(path, lambda fh: pickle.dump((bins, flags), fh, protocol=4))
 
 
 def _encode(rgb_uint8: np.ndarray, fmt: str, **options: Any) -> bytes:

@@ -1,8 +1,8 @@
 """Batched embedding of uint8 face crops with insightface's test-time flip, and `.bin` set verification.
 
-Inputs are normalised as insightface does, `(x / 255 - 0.5) / 0.5`, and with `flip=True` an image's
-embedding is the sum (not the concatenation) of the embeddings of the image and of its horizontal flip;
-L2 normalisation is left to `evaluation.verification.evaluate`.
+Inputs are normalised as insightface does, `(x / 255 - 0.5) / 0.5` (evaluation.preprocess, as in training),
+and with `flip=True` an image's embedding is the sum (not the concatenation) of the embeddings of the image
+and of its horizontal flip; L2 normalisation is left to `evaluation.verification.evaluate`.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from evaluation.bin_format import ImageSize, load_bin
+from evaluation.preprocess import normalize
 from evaluation.verification import VerificationResult, evaluate
 
 logger = logging.getLogger(__name__)
@@ -37,9 +38,8 @@ def _model_dtype(model: torch.nn.Module) -> torch.dtype:
 
 
 def to_model_input(batch_uint8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """NHWC uint8 -> NCHW float in [-1, 1]: `(x / 255 - 0.5) / 0.5`."""
-    x = batch_uint8.permute(0, 3, 1, 2).to(torch.float32)
-    return ((x / 255.0 - 0.5) / 0.5).to(dtype)
+    """NHWC uint8 -> NCHW float in [-1, 1] (evaluation.preprocess.normalize), then cast to `dtype`."""
+    return normalize(batch_uint8.permute(0, 3, 1, 2)).to(dtype)
 
 
 def _forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

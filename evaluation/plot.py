@@ -1,9 +1,8 @@
 """ROC plot (PNG) of an IJB 1:1 evaluation, log-scaled FAR axis as in the IJB papers."""
 from __future__ import annotations
 
-import os
-
 from evaluation.errors import UserInputError
+from evaluation.fileio import atomic_write
 from evaluation.metrics import Roc
 
 
@@ -25,7 +24,7 @@ def plot_roc(roc: Roc, path: str, label: str = "model") -> None:
     ax.set_ylabel("True Positive Rate")
     ax.grid(True, which="both", ls=":", lw=0.5)
     ax.legend(loc="lower right")
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120, bbox_inches="tight"))
+    finally:
+        plt.close(fig)

@@ -606,6 +606,6 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
 
 def save_config(cfg: Config, path: str) -> None:
     """Write the resolved config as JSON (atomically), loadable again with load_file."""
-    from fr.fileio import atomic_write_text
+    from evaluation.fileio import atomic_write_text
 
     atomic_write_text(path, cfg.to_json() + "\n")

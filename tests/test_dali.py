@@ -230,7 +230,7 @@ class _HostOutput:
 @pytest.mark.parametrize("converter", ["opencv", "numpy"])
 def test_the_host_conversion_is_normalize_bit_for_bit_and_flips_by_the_coins(converter):
     from fr.data.dali import _cpu_batch
-    from fr.data.loader import normalize
+    from evaluation.preprocess import normalize
 
     # a guard only: the `test` extra installs OpenCV
     opencv = pytest.importorskip("cv2") if converter == "opencv" else None

@@ -211,7 +211,7 @@ def test_the_sample_dalis_error_names_is_excluded_when_a_second_try_decodes_it(t
 
 
 def test_a_dali_failure_no_record_explains_is_an_error_not_a_loop(tmp_path, monkeypatch):
-    from fr.data.datasets import DataError
+    from fr.data.base import DataError
 
     write_set(tmp_path, {})
     loader = loaders(tmp_path, batch=8, world=1)[0]

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from fr.config import DataConfig
-from fr.data.datasets import DataError, RecordDataset
+from fr.data.base import DataError
+from fr.data.datasets import RecordDataset
 from fr.data.loader import build_loader
 from fr.data.recordio import IRHeader, IndexedRecordIO, pack
 from fr.data.writer import InsightfaceRecordWriter

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from fr.config import DataConfig
-from fr.data.datasets import DataError, RecordDataset
+from fr.data.base import DataError
+from fr.data.datasets import RecordDataset
 from fr.data.loader import DeviceLoader, build_loader
 from fr.data.recordio import IRHeader, IndexedRecordIO, pack, read_index
 from fr.data.verify import check_images, image_size

@@ -10,10 +10,10 @@ from PIL import Image
 
 from fr.cli.data import main as data_main
 from fr.config import SynthConfig
-from fr.data.layout import DataError
+from fr.data.base import DataError
 from fr.data.ownership import MANIFEST, staging_prefix
 from fr.data.pack import pack
-from fr.data.synthesize import ensure_synthetic, generate
+from fr.synth.dataset import ensure_synthetic, generate
 from fr.data.writer import InsightfaceRecordWriter
 
 TINY = ["--identities", "2", "--per-identity", "2", "--holdout-identities", "2", "--pairs", "20", "--workers", "1"]
@@ -142,7 +142,7 @@ def test_a_failed_run_leaves_the_earlier_output_and_no_staging(tmp_path, monkeyp
     def broken(*args, **kwargs):
         raise RuntimeError("disk trouble")
 
-    monkeypatch.setattr("fr.data.synthesize.write_bin", broken)
+    monkeypatch.setattr("fr.synth.dataset.write_bin", broken)
     with pytest.raises(RuntimeError):
         generate(str(out), SynthConfig(seed=2, **TINY_CFG))
     assert snapshot(out) == before

@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -491,8 +492,10 @@ def test_a_memo_index_beyond_the_file_is_refused_before_any_allocation(tmp_path)
     # LONG_BINPUT 1.3e9 after an empty list: the C unpickler would grow its memo table to gigabytes.
     path = tmp_path / "memo.bin"
     path.write_bytes(b"\x80\x02]r" + (1_300_000_000).to_bytes(4, "little") + b".")
-    with pytest.raises(BinFormatError, match=r"memo.bin: not a verification set \(pickle memo index 1300000000"):
+    started = time.perf_counter()
+    with pytest.raises(BinFormatError, match=r"memo.bin: expected a pickled 2-tuple"):
         read_bin(str(path))
+    assert time.perf_counter() - started < 1.0  # the C unpickler zeroes ~21 GB here first (over a minute)
 
 
 def test_a_persistent_id_is_refused_in_one_line(tmp_path):

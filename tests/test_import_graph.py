@@ -11,12 +11,6 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("fr", "evaluation")
-# Cycles another change will break; each xfails strictly below, so breaking one fails that test until it is
-# deleted here, and test_no_cycles_but_the_known_ones then keeps it broken.
-KNOWN_CYCLES = [
-    ("fr.data.dali", "fr.data.loader"),
-    ("fr.data.layout", "fr.data.verify"),
-]
 
 Graph = Dict[str, Set[str]]
 
@@ -158,9 +152,8 @@ def test_graph_sees_lazy_relative_and_package_imports_but_not_type_checking_ones
     assert cycles(graph) == [("pkg.a", "pkg.b"), ("pkg.f", "pkg.sub"), ("pkg.g", "pkg.h")]
 
 
-def test_no_cycles_but_the_known_ones(project_cycles):
-    unexpected = [cycle for cycle in project_cycles if cycle not in KNOWN_CYCLES]
-    assert not unexpected, f"import cycles: {unexpected}"
+def test_no_cycles(project_cycles):
+    assert not project_cycles, f"import cycles: {project_cycles}"
 
 
 def test_config_validation_imports_registries_without_a_cycle():
@@ -178,7 +171,10 @@ def test_importing_the_config_loads_no_training_code():
     assert not [m for m in modules if m.startswith(("fr.data", "fr.heads", "fr.models", "fr.train"))]
 
 
-@pytest.mark.xfail(strict=True, reason="known import cycle, to be broken; then delete it from KNOWN_CYCLES")
-@pytest.mark.parametrize("cycle", KNOWN_CYCLES, ids="<->".join)
-def test_known_cycle_is_broken(project_cycles, cycle):
-    assert cycle not in project_cycles
+def test_evaluation_is_the_bottom_layer():
+    """fr imports evaluation (errors, atomic writes, the input normalisation); evaluation never imports fr."""
+    graph = import_graph(ROOT, PACKAGES)
+    upward = {module: sorted(t for t in targets if t.split(".")[0] == "fr")
+              for module, targets in graph.items() if module.split(".")[0] == "evaluation"}
+    assert not {module: targets for module, targets in upward.items() if targets}
+    assert {"evaluation.fileio", "evaluation.preprocess"} <= graph["fr.data.dali"] | graph["fr.data.writer"]

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from fr.cli.data import main as data_main
+from fr.data.base import DataError
 from fr.data.datasets import RecordDataset
-from fr.data.layout import DataError
 from fr.data.loader import DeviceLoader
 from fr.data.recordio import IRHeader, IndexedRecordIO, pack
 from fr.distributed import DistEnv

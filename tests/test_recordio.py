@@ -5,9 +5,9 @@ import struct
 import numpy as np
 import pytest
 
+from fr.data.headers import label_of, scan_headers
 from fr.data.recordio import (MAGIC, IRHeader, IndexedRecordIO, MXRecordIO, RecordIOError, pack, pack_img,
                               read_index, unpack, unpack_img)
-from fr.data.verify import label_of, scan_headers
 from fr.data.writer import InsightfaceRecordWriter
 
 # Files written by real MXNet 1.9.1, vendored in tests/fixtures/mxnet (its README says how they were made).

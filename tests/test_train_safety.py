@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from evaluation.bin_format import encode_png
+from evaluation.fileio import atomic_write
 from fr.cli.common import run_cli
 from fr.cli.train import main as train_main
 from fr.config import ConfigError
-from fr.fileio import atomic_write
 from fr.heads import PartialFC
 from fr.train.trainer import Trainer
 

@@ -11,7 +11,7 @@ from fr.cli.common import UsageError, run_cli, setup_logging
 
 def _synth(args: argparse.Namespace) -> int:
     from fr.config import SynthConfig
-    from fr.data.synthesize import generate
+    from fr.synth.dataset import generate
 
     cfg = SynthConfig(identities=args.identities, per_identity=args.per_identity,
                       holdout_identities=args.holdout_identities, pairs=args.pairs, seed=args.seed,
@@ -24,7 +24,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     from fr.data.datasets import RecordDataset
-    from fr.data.verify import check_records
+    from fr.data.headers import check_records
 
     dataset = RecordDataset(args.dir, flip=False)
     image, _ = dataset[0]

@@ -7,7 +7,7 @@ import sys
 from typing import List, Optional
 
 from fr.cli.common import UsageError, run_cli, setup_logging
-from fr.fileio import atomic_write, atomic_write_json
+from evaluation.fileio import atomic_write, atomic_write_json
 
 VERIFY_TARGETS = "lfw,cfp_fp,agedb_30,calfw,cplfw"
 

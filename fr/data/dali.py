@@ -12,10 +12,11 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from evaluation.preprocess import normalize, normalize_table
+from fr.data.base import DataError, EpochPosition
 from fr.data.image_index import (build_index, read_payloads, read_undecodable, record_undecodable, shard_entries,
                                  undecodable_path, write_shard_index)
-from fr.data.layout import DataError, record_paths
-from fr.data.loader import EpochPosition, normalize
+from fr.data.layout import record_paths
 from fr.distributed import DistEnv
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ CHECK_BATCH = 64  # images per DALI run when looking for the records DALI cannot
 def _build_pipeline(rec_path: str, index_path: str, batch_size: int, shard_id: int, num_shards: int,
                     device_id: Optional[int], num_threads: int, seed: int, image_size: int,
                     augment: Sequence[str], checkpoint: Optional[str], initial_fill: int, resize: bool,
-                    host_flip: bool):
+                    host_flip: bool, flip: bool):
     from nvidia.dali import fn, pipeline_def, types
 
     from fr.data.dali_augment import apply_augments
@@ -47,7 +48,7 @@ def _build_pipeline(rec_path: str, index_path: str, batch_size: int, shard_id: i
         # uint8 HWC leaves the pipeline; the conversion to float [-1, 1] follows on the host or device
         # (_cpu_batch, _device_batch). On CPU, DALI's crop_mirror_normalize to float plus the copy out measured
         # 1.5x slower (docs/benchmarks.md).
-        flips = fn.random.coin_flip(probability=0.5, dtype=types.INT32)
+        flips = fn.random.coin_flip(probability=0.5 if flip else 0.0, dtype=types.INT32)
         if host_flip:  # fn.flip costs ~30 CPU-us per image, OpenCV's flip of _cpu_batch's output ~4
             return images, labels, flips
         images = fn.flip(images, horizontal=flips)
@@ -69,7 +70,7 @@ class DaliLoader(EpochPosition):
     batches (shards differ by one image at most). The reader pads its shard to whole batches, so each epoch
     starts at a shard boundary; the batches past `len(self)` are read and dropped. `state_dict` holds the
     DALI reader checkpoint taken at the last epoch boundary plus the batches consumed since, so a resumed
-    loader continues mid-epoch.
+    loader continues mid-epoch. Each image is mirrored by a fair coin unless `flip` is False.
 
     Corrupt images. DALI cannot skip a sample: an image its decoder rejects stops `pipe.run()` for good.
     Truncated or zero-filled JPEGs, empty or non-image payloads, formats DALI does not read and broken
@@ -88,7 +89,7 @@ class DaliLoader(EpochPosition):
 
     def __init__(self, root: str, batch_size: int, env: DistEnv, seed: int = 0, num_threads: int = 2,
                  num_classes: int = 0, image_size: int = 112, augment: Sequence[str] = (), cache_dir: str = "",
-                 initial_fill: int = INITIAL_FILL):
+                 initial_fill: int = INITIAL_FILL, flip: bool = True):
         rec_path, _ = record_paths(root)
         self.index = build_index(root, num_classes, cache_dir)
         self.dataset = _DatasetInfo(self.index.images, self.index.num_classes)
@@ -107,7 +108,7 @@ class DaliLoader(EpochPosition):
         self._args = dict(rec_path=rec_path, batch_size=batch_size, device_id=device_id, num_threads=num_threads,
                           seed=seed + env.rank, image_size=image_size, augment=list(augment),
                           initial_fill=initial_fill, resize=set(self.index.sizes) != {(image_size, image_size)},
-                          host_flip=opencv is not None)
+                          host_flip=opencv is not None, flip=flip)
         self.excluded = self._known_undecodable()  # keys of this rank's shard DALI cannot decode
         self._start(checkpoint=None)
 
@@ -298,20 +299,20 @@ def _cpu_batch(device: torch.device, images, labels, flips=None, *,
 
     Not by torch: its elementwise kernels wake OpenMP threads that spin on the cores DALI's decoding threads
     need (on 2 cores: ~135 CPU-us per 112x112 image inside the running loader). OpenCV (`opencv`, the cv2
-    module) maps the pixels through a 256-entry table of fr.data.loader.normalize's values (bit for bit the
-    same), in one pass, and mirrors the images whose coin in `flips` came up; without it numpy converts (two
-    passes) and the pipeline has flipped. Whole loader, 2 cores: ~210 CPU-us per image with OpenCV, ~236 without
-    (docs/benchmarks.md). The pixels are read in place and written to a new array, so nothing yielded
-    aliases memory DALI reuses.
+    module) maps the pixels through evaluation.preprocess's table of normalised values (what `normalize` looks
+    up, so bit for bit the same) in one pass, and mirrors the images whose coin in `flips` came up; without it
+    numpy looks the pixels up in the same table and the pipeline has flipped. The pixels are read in place and
+    written to a new array, so nothing yielded aliases memory DALI reuses. Whole loader, 2 cores: ~210 CPU-us per
+    image with OpenCV (docs/benchmarks.md); numpy's lookup (np.take) is the slower fallback.
     """
     pixels = np.asarray(images.as_tensor())
+    table = normalize_table()
     if opencv is None:
         out = np.empty(pixels.shape, np.float32)
-        np.divide(pixels, np.float32(127.5), out=out, dtype=np.float32)  # as normalize, bit for bit
-        np.subtract(out, np.float32(1.0), out=out)
+        np.take(table, pixels, out=out)
     else:
         rows = pixels.reshape(-1, pixels.shape[-2] * pixels.shape[-1])  # cv2.LUT takes 2-D arrays
-        out = opencv.LUT(rows, normalize(torch.arange(256, dtype=torch.uint8)).numpy()).reshape(pixels.shape)
+        out = opencv.LUT(rows, table).reshape(pixels.shape)
         if flips is not None:
             for i in np.flatnonzero(np.asarray(flips.as_tensor()).reshape(-1)):
                 opencv.flip(out[i], 1, dst=out[i])
@@ -320,8 +321,9 @@ def _cpu_batch(device: torch.device, images, labels, flips=None, *,
 
 
 def _device_batch(device: torch.device, images, labels) -> Tuple[torch.Tensor, torch.Tensor]:
-    """DALI outputs copied to `device` and converted there by torch: (float [-1, 1] NCHW in channels_last
-    memory, int64 labels). Used for GPU pipelines; CPU outputs work too, which is how the tests run it."""
+    """DALI outputs copied to `device` and converted there by `normalize` (a table lookup: the host path's bits):
+    (float [-1, 1] NCHW in channels_last memory, int64 labels). Used for GPU pipelines; CPU outputs work too,
+    which is how the tests run it."""
     pixels = normalize(_torch_copy(images, device)).permute(0, 3, 1, 2)
     classes = _torch_copy(labels, device)
     return pixels, classes.reshape(classes.shape[0], -1)[:, 0].long()

@@ -11,9 +11,10 @@ import torch
 
 from fr.data.decode import Decoder, get_decoder, resize_rgb
 from fr.data.image_index import build_index, read_index_keys
-from fr.data.layout import DataError, checked_keys, log_skipped, read_layout, record_paths
+from fr.data.base import DataError
+from fr.data.headers import bad_label, label_of
+from fr.data.layout import checked_keys, log_skipped, read_layout, record_paths
 from fr.data.recordio import IndexedRecordIO, RecordIOError, unpack
-from fr.data.verify import bad_label, label_of
 
 log = logging.getLogger(__name__)
 

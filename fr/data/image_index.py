@@ -18,10 +18,11 @@ import os
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Sequence, Tuple
 
-from fr.data.layout import DataError, checked_keys, log_skipped, read_layout, record_paths
+from evaluation.fileio import atomic_write_json, atomic_write_text
+from fr.data.base import DataError
+from fr.data.layout import checked_keys, log_skipped, read_layout, record_paths
 from fr.data.recordio import IndexedRecordIO, MXRecordIO, unpack
 from fr.data.verify import check_images
-from fr.fileio import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -9,18 +9,14 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from fr.data.base import DataError
+from fr.data.headers import MAX_CLASSES, bad_label, check_records, label_of, scan_headers
 from fr.data.recordio import IndexedRecordIO, unpack
-from fr.data.verify import MAX_CLASSES, bad_label, check_records, label_of, scan_headers
-from evaluation.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
 # How many skipped records one log line names (all of them: `fr-data verify`, or the index's .json).
 LOGGED = 10
-
-
-class DataError(UserInputError):
-    """A data set that cannot be used as given; the message names the file or record."""
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING, Dict, Iterator, Set, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from evaluation.preprocess import normalize
 from fr.data.augment import build_augment
+from fr.data.base import DataError, EpochPosition
 from fr.data.datasets import RecordDataset, open_dataset
-from fr.data.layout import DataError
 from fr.distributed import DistEnv
-from fr.heads.seeding import mix_seed
 from fr.registry import Registry
+from fr.seeding import mix_seed
 
 if TYPE_CHECKING:  # fr.config validates data.loader against LOADERS, so it must not be imported back
     from fr.config import DataConfig
@@ -20,11 +21,6 @@ if TYPE_CHECKING:  # fr.config validates data.loader against LOADERS, so it must
 log = logging.getLogger(__name__)
 # name -> (DataConfig, DistEnv, seed) -> loader; "auto" picks one (see resolve_loader_name)
 LOADERS = Registry("data loader", special=("auto",))
-
-
-def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
-    """insightface's input normalisation: (x / 255 - 0.5) / 0.5, to float32 in [-1, 1]."""
-    return images_uint8.float().div_(127.5).sub_(1.0)
 
 
 class _Counting(Dataset):
@@ -65,29 +61,6 @@ class ResumableSampler(Sampler):
     def __iter__(self) -> Iterator[Tuple[int, int]]:
         indices = list(self.permutation)[self.start:]
         return iter([(index, mix_seed(self.seed, self.epoch, index)) for index in indices])
-
-
-class EpochPosition:
-    """Where a loader stands: the epoch and the batches yielded in it (what a resumed run continues from),
-    and `stats` for the trainer's logs (`skipped` records). Setting another epoch starts it at its first
-    batch; setting the current one (as a resumed run does) keeps the position."""
-
-    epoch = 0
-    consumed = 0  # batches yielded in the current epoch
-    skipped = 0
-
-    @property
-    def stats(self) -> Dict[str, int]:
-        return {"skipped_records": self.skipped}
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.consumed = 0
-        self.epoch = epoch
-
-    def _end_epoch(self) -> None:
-        self.consumed = 0
-        self.epoch += 1
 
 
 class DeviceLoader(EpochPosition):

@@ -16,8 +16,8 @@ import tempfile
 from contextlib import contextmanager
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from fr.data.layout import DataError
-from fr.fileio import atomic_write_json
+from evaluation.fileio import atomic_write_json
+from fr.data.base import DataError
 
 MANIFEST = ".fr-manifest.json"
 CACHE_DIR = ".fr_cache"  # the loaders' default index cache (fr.data.image_index); present, never touched here

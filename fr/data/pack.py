@@ -10,7 +10,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from fr.data.layout import DataError
+from fr.data.base import DataError
 from fr.data.ownership import check_apart, staged_output
 from fr.data.writer import InsightfaceRecordWriter
 

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import logging
 import os
+
 import numpy as np
 
-from fr.data.layout import DataError, checked_keys, read_layout, record_paths
+from evaluation.fileio import sync_file
+from fr.data.base import DataError
+from fr.data.layout import checked_keys, read_layout, record_paths
 from fr.data.ownership import check_apart, staged_output
 from fr.data.recordio import IndexedRecordIO
 
@@ -40,6 +43,8 @@ def shuffle_records(src: str, out_dir: str, seed: int = 0, progress: bool = True
                     writer.write_idx(new_key, record.read_idx(keys[order[new_key]]))
             finally:
                 writer.close()
+            for name in ("train.idx", "train.rec"):  # on disk before staged_output renames them into out_dir
+                sync_file(os.path.join(stage, name))
     finally:
         record.close()
     return {"out": out_dir, "images": len(keys), "garbled_skipped": len(garbled), "seed": seed}

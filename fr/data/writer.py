@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import os
-import secrets
 from typing import List, Sequence
 
-from fr.data.layout import DataError
+from evaluation.fileio import commit_file, create_temporary
+from fr.data.base import DataError
 from fr.data.recordio import IRHeader, IndexedRecordIO, pack
 
 
@@ -14,9 +14,10 @@ class InsightfaceRecordWriter:
 
     Record 0's label `[N+1, N+1+C]` is known only at the end: a same-sized placeholder is written first and
     rewritten in place on close. Identity c's record (key N+1+c) holds `[start, end)` of its image keys.
-    Files are written under fresh temporary names and renamed on close, so an interrupted run leaves no
-    half-written `train.rec` behind. It never overwrites: existing `train.rec`/`train.idx` are a DataError
-    (replacing an earlier data set is `fr.data.ownership.staged_output`'s job).
+    Files are written under fresh temporary names, then fsynced and renamed on close (`commit_file`), so an
+    interrupted run or a crash leaves no half-written `train.rec` behind. It never overwrites: existing
+    `train.rec`/`train.idx` are a DataError (replacing an earlier data set is `fr.data.ownership.staged_output`'s
+    job).
     """
 
     def __init__(self, out_dir: str, prefix: str = "train"):
@@ -24,9 +25,9 @@ class InsightfaceRecordWriter:
         self.rec_path = os.path.join(out_dir, f"{prefix}.rec")
         self.idx_path = os.path.join(out_dir, f"{prefix}.idx")
         self._refuse_existing()
-        self._tmp_rec = self._fresh(out_dir, self.rec_path)
+        self._tmp_rec = create_temporary(self.rec_path)
         try:
-            self._tmp_idx = self._fresh(out_dir, self.idx_path)
+            self._tmp_idx = create_temporary(self.idx_path)
         except BaseException:
             os.remove(self._tmp_rec)
             raise
@@ -35,20 +36,6 @@ class InsightfaceRecordWriter:
         self._ranges: List[tuple] = []
         self._next_key = 1
         self._closed = False
-
-    @staticmethod
-    def _fresh(out_dir: str, path: str) -> str:
-        """Create a temporary file no other file is named like, so writing to it truncates nothing else.
-
-        Not mkstemp: its files are private (0600); these become the data set, readable as the umask allows.
-        """
-        while True:
-            tmp = os.path.join(out_dir, f".{os.path.basename(path)}.{secrets.token_hex(6)}.partial")
-            try:
-                os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-                return tmp
-            except FileExistsError:
-                continue
 
     def _refuse_existing(self) -> None:
         for path in (self.rec_path, self.idx_path):
@@ -86,8 +73,8 @@ class InsightfaceRecordWriter:
         except DataError:
             self.abort()
             raise
-        os.replace(self._tmp_idx, self.idx_path)
-        os.replace(self._tmp_rec, self.rec_path)
+        commit_file(self._tmp_idx, self.idx_path)
+        commit_file(self._tmp_rec, self.rec_path)
         self._closed = True
 
     def abort(self) -> None:

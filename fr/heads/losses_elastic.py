@@ -6,7 +6,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from fr.heads.margins import MarginContext, MarginLoss, arc_target, check_finite, register_loss
-from fr.heads.seeding import mix_seed
+from fr.seeding import mix_seed
 
 
 class ElasticMargin(MarginLoss):

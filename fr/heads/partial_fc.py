@@ -12,7 +12,7 @@ from fr.heads.cosine import cosine_logits
 from fr.heads.fused import fused_margin_softmax_ce
 from fr.heads.margins import MarginContext, MarginLoss
 from fr.heads.objectives import get_objective
-from fr.heads.seeding import mix_seed
+from fr.seeding import mix_seed
 
 # Stream tags keep the weight-init and sampling generators apart for the same (seed, rank).
 _INIT_STREAM = 1

@@ -8,9 +8,9 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from fr.config import Config, ConfigError, load_file
-from fr.fileio import atomic_write
 from evaluation.errors import UserInputError
+from evaluation.fileio import atomic_write
+from fr.config import Config, ConfigError, load_file
 
 
 class CheckpointError(UserInputError):

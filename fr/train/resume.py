@@ -16,17 +16,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import re
 import shutil
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 import torch
 
+from evaluation.fileio import atomic_write_json
 from fr.config import Config, get_value
 from fr.distributed import DistEnv, all_reduce, barrier
-from fr.fileio import atomic_write_json, remove_stale_temporaries
+from fr.fileio import remove_stale_temporaries
 from fr.train.checkpoint import CheckpointError, atomic_save, load_error
 
 log = logging.getLogger("fr.train")
@@ -55,33 +54,6 @@ def run_settings(cfg: Config, num_classes: int) -> Dict[str, Any]:
     settings = {key: get_value(cfg, key) for key in MUST_MATCH}
     settings["num_classes"] = num_classes
     return json.loads(json.dumps(settings))  # JSON-normalised (tuples -> lists), as read back from a manifest
-
-
-def rng_state(device: torch.device) -> Dict[str, Any]:
-    """This process's random generators (torch CPU/CUDA, NumPy, Python), in torch.load(weights_only) types."""
-    numpy_state = np.random.get_state(legacy=False)
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-                  "pos": int(numpy_state["state"]["pos"]), "has_gauss": int(numpy_state["has_gauss"]),
-                  "gauss": float(numpy_state["gauss"])},
-        "python": random.getstate(),
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: Dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    numpy_state = state["numpy"]
-    np.random.set_state({"bit_generator": "MT19937",
-                         "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
-                         "has_gauss": numpy_state["has_gauss"], "gauss": numpy_state["gauss"]})
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 class Checkpointer:

@@ -4,23 +4,23 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import random
 import re
 import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional
 
-import numpy as np
 import torch
 from torch import nn
 
 from evaluation.errors import UserInputError
+from evaluation.fileio import atomic_write_json, make_dirs
 from fr.config import Config, ConfigError, save_config
 from fr.data.loader import build_loader
 from fr.distributed import DistEnv, barrier, init_distributed, on_main
-from fr.fileio import OutputError, atomic_write_json, make_dirs, remove_stale_temporaries
+from fr.fileio import OutputError, remove_stale_temporaries
 from fr.heads import PartialFC, build_loss, build_sparse_optimizer
 from fr.models import build_backbone
+from fr.seeding import seed_everything
 from fr.train.checkpoint import atomic_save, backbone_state_dict
 from fr.train.resume import (Checkpointer, discard_checkpoints, load_rank_state, remove_stale_checkpoint_temporaries,
                              resolve_resume, run_settings)
@@ -55,17 +55,10 @@ def build_model(cfg: Config) -> nn.Module:
     return build_backbone(cfg.model.backbone, **kwargs)
 
 
-def seed_everything(seed: int, rank: int) -> None:
-    # Same backbone initialisation on every rank (DDP also broadcasts it); per-rank data randomness.
-    torch.manual_seed(seed)
-    random.seed(seed + rank)
-    np.random.seed((seed + rank) % 2**32)
-
-
 def prepare_data(cfg: Config, env: DistEnv) -> None:
     """Generate the synthetic set on the main rank when configured; other ranks wait for it."""
     if cfg.data.synthetic:
-        from fr.data.synthesize import ensure_synthetic
+        from fr.synth.dataset import ensure_synthetic
 
         on_main(env, lambda: ensure_synthetic(cfg.data.root, cfg.data.synth))  # a failure stops every rank
 
@@ -159,6 +152,7 @@ def train(cfg: Config, env: Optional[DistEnv] = None) -> Dict[str, Any]:
     Every check (output.dir, data, resume compatibility, evaluation sets) runs before anything is written.
     A failed evaluation still leaves model.pt and results.json, then raises EvaluationFailed.
     """
+    cfg.validate()  # a Config built in Python, not by load_config, is checked before any process-group work
     env = env or init_distributed(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)

@@ -15,7 +15,8 @@ from evaluation.errors import UserInputError
 from fr.distributed import DistEnv, all_reduce
 from fr.train.logging import MetricLogger
 from fr.train.preemption import TrainingInterrupted
-from fr.train.resume import FORMAT, rng_state, set_rng_state
+from fr.seeding import rng_state, set_rng_state
+from fr.train.resume import FORMAT
 
 log = logging.getLogger("fr.train")
 
