@@ -5,7 +5,7 @@ import gc
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable, List, Optional, TypeVar
+from typing import Callable, List, Optional, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -108,30 +108,71 @@ def barrier(env: DistEnv) -> None:
         dist.barrier()
 
 
+# (per-rank gradients of the gathered slices, this rank) -> the summed gradient of this rank's slice
+GatherBackward = Callable[[Sequence[torch.Tensor], int], torch.Tensor]
+
+
+def gather_backward_all_reduce(grads: Sequence[torch.Tensor], rank: int) -> torch.Tensor:
+    """Backward of an all-gather by all-reduce: the whole [W, B, D] gradient is summed on every rank, which
+    keeps row `rank` (a ring all-reduce sends 2 x (W-1) x B x D elements per rank)."""
+    stacked = torch.stack([g.contiguous() for g in grads])
+    dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
+    return stacked[rank]
+
+
+def gather_backward_reduce_scatter(grads: Sequence[torch.Tensor], rank: int) -> torch.Tensor:
+    """Backward of an all-gather by reduce-scatter: each rank receives only the sum of its own [B, D] slice
+    (a ring reduce-scatter sends (W-1) x B x D elements per rank, half the all-reduce's). Same result."""
+    out = torch.empty_like(grads[rank], memory_format=torch.contiguous_format)
+    _reduce_scatter(out, torch.cat([g.contiguous() for g in grads], dim=0))
+    return out
+
+
+# torch renamed reduce_scatter_tensor to reduce_scatter_single. The input is the concatenation [W*B, ...]:
+# NCCL also takes a stack, gloo only the concatenation.
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+# Backends with a native reduce-scatter. gloo is left out on purpose: older torch builds raise "does not
+# support reduce_scatter" and newer ones build it from per-slice all-reduces (no less traffic, W times the
+# latency), so gloo and any unlisted backend keep the single all-reduce.
+GATHER_BACKWARD = {"nccl": gather_backward_reduce_scatter}
+
+
+def gather_backward_for(backend: str) -> GatherBackward:
+    """The all-gather backward for a process-group backend: a table lookup, fixed for the group's lifetime."""
+    return GATHER_BACKWARD.get(str(backend), gather_backward_all_reduce)
+
+
 class _AllGatherWithGrad(torch.autograd.Function):
     """all_gather whose backward returns to each rank the sum over ranks of the gradient of its own slice."""
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> tuple:
+    def forward(ctx, tensor: torch.Tensor, backward_fn: GatherBackward) -> tuple:
         world = dist.get_world_size()
         ctx.rank = dist.get_rank()
+        ctx.backward_fn = backward_fn
         gathered = [torch.empty_like(tensor) for _ in range(world)]
         dist.all_gather(gathered, tensor.contiguous())
         return tuple(gathered)
 
     @staticmethod
-    def backward(ctx, *grads: torch.Tensor) -> torch.Tensor:
-        # gloo has no reduce_scatter: all-reduce the stacked gradients and keep our own slice.
-        stacked = torch.stack([g.contiguous() for g in grads])
-        dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
-        return stacked[ctx.rank]
+    def backward(ctx, *grads: torch.Tensor) -> tuple:
+        return ctx.backward_fn(grads, ctx.rank), None
 
 
-def all_gather_with_grad(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
-    """Concatenate `tensor` from every rank along dim 0 (equal sizes); gradients flow back to the owners."""
+def all_gather_with_grad(tensor: torch.Tensor, env: DistEnv, backward_fn: Optional[GatherBackward] = None
+                         ) -> torch.Tensor:
+    """Concatenate `tensor` from every rank along dim 0; gradients flow back to the owners.
+
+    Every rank must pass the same shape (PartialFC checks the batch sizes first): both the all-gather and
+    the reduce-scatter of its backward are defined for equal slices only. `backward_fn` defaults to the
+    group backend's choice (gather_backward_for); tests pass one explicitly to compare the two.
+    """
     if not env.is_distributed:
         return tensor
-    return torch.cat(_AllGatherWithGrad.apply(tensor), dim=0)
+    if backward_fn is None:
+        backward_fn = gather_backward_for(dist.get_backend())
+    return torch.cat(_AllGatherWithGrad.apply(tensor, backward_fn), dim=0)
 
 
 def all_gather_no_grad(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
@@ -157,6 +198,16 @@ def broadcast_object(obj, env: DistEnv, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_object(obj: T, env: DistEnv) -> List[T]:
+    """Every rank's picklable `obj`, in rank order, on every rank (for rare agreements such as which
+    checkpoint every rank can resume from)."""
+    if not env.is_distributed:
+        return [obj]
+    gathered: List[T] = [None] * env.world_size  # type: ignore[list-item]
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def on_main(env: DistEnv, fn: Callable[[], T]) -> Optional[T]:
