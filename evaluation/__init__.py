@@ -3,7 +3,7 @@ from evaluation.align import align_face, similarity_transform
 from evaluation.bin_format import load_bin, write_bin
 from evaluation.embed import embed_images, verify_bin
 from evaluation.metrics import auc, far_table, roc_curve
-from evaluation.verification import VerificationResult, evaluate
+from evaluation.verification import BinVerification, evaluate
 
-__all__ = ["evaluate", "VerificationResult", "load_bin", "write_bin", "embed_images", "verify_bin",
+__all__ = ["evaluate", "BinVerification", "load_bin", "write_bin", "embed_images", "verify_bin",
            "align_face", "similarity_transform", "roc_curve", "auc", "far_table"]

@@ -184,7 +184,7 @@ def _pair(image_size: ImageSize) -> Tuple[int, int]:
     return int(h), int(w)
 
 
-def decode_image(data: Any, image_size: ImageSize = 112) -> np.ndarray:
+def decode_bin_image(data: Any, image_size: ImageSize = 112) -> np.ndarray:
     """RGB uint8 [H, W, 3] from encoded bytes, resized (bilinear) to `image_size` when it differs."""
     if isinstance(data, np.ndarray):  # some converters store the encoded buffer as a uint8 array
         data = data.tobytes()
@@ -207,7 +207,7 @@ def load_bin(path: Union[str, os.PathLike], image_size: ImageSize = 112, *,
     images = np.empty((len(bins), h, w, 3), dtype=np.uint8)
     for i, data in enumerate(bins):
         try:
-            images[i] = decode_image(data, (h, w))
+            images[i] = decode_bin_image(data, (h, w))
         except (OSError, ValueError, TypeError, SyntaxError, Image.DecompressionBombError) as e:  # what PIL raises for bad data
             raise BinFormatError(f"{path}: image {i} cannot be decoded ({_one_line(e)})") from None
     return images, issame

@@ -15,7 +15,7 @@ import torch
 
 from evaluation.bin_format import ImageSize, load_bin
 from evaluation.preprocess import normalize
-from evaluation.verification import VerificationResult, evaluate
+from evaluation.verification import BinVerification, evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def verify_bin(
     *,
     image_size: ImageSize = 112,
     nrof_folds: int = 10,
-) -> VerificationResult:
+) -> BinVerification:
     """Verification metrics of `model` on an insightface `.bin` set (flip-sum embeddings, 10 folds).
 
     A set with fewer pairs than `nrof_folds` is a BinFormatError naming the file.

@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 
 from evaluation.align import align_face
-from evaluation.metrics import NonFiniteError, Roc, auc, far_table, roc_curve
 from evaluation.errors import UserInputError
+from evaluation.metrics import NonFiniteError, Roc, auc, far_table, roc_curve
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ def read_tid_mid(path: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
             templates.append(int(fields[1]))
             medias.append(int(fields[2]))
         except ValueError:
-            raise IJBFormatError(f"{path}:{number}: expected 'image template media', got {' '.join(fields)!r}") from None
+            got = " ".join(fields)
+            raise IJBFormatError(f"{path}:{number}: expected 'image template media', got {got!r}") from None
         names.append(fields[0])
     if not names:
         raise IJBFormatError(f"{path}: no rows (expected 'image template media' lines)")
@@ -117,7 +118,7 @@ def read_pairs(path: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(t1, t2, label) of a `*_template_pair_label.txt` file, parsed in one pass (15.6M lines for IJB-C)."""
     if not os.path.isfile(path):
         raise IJBFormatError(f"{path}: file not found")
-    try:  # numpy's C reader: 2 s for IJB-C's 15.6M rows; it rejects ragged rows and non-integers
+    try:  # numpy's C reader, fast enough for IJB-C (docs/benchmarks.md); it rejects ragged rows and non-integers
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "input contained no data": refused below
             flat = np.loadtxt(path, dtype=np.int64, ndmin=2)
@@ -166,7 +167,7 @@ def load_meta(root: str, target: str = "IJBC") -> IJBMeta:
     return IJBMeta(os.path.abspath(root), target, names, templates, medias, landmarks, scores)
 
 
-def check_images(meta: IJBMeta) -> str:
+def check_ijb_images(meta: IJBMeta) -> str:
     """The `loose_crop` directory, after checking that it holds every image of the meta files."""
     crop_dir = os.path.join(dataset_dir(meta.root, meta.target), "loose_crop")
     if not os.path.isdir(crop_dir):
@@ -203,7 +204,7 @@ def iter_aligned(meta: IJBMeta, batch_size: int = 256, rows: Optional[np.ndarray
 
     Decoding and warping run in `workers` threads: Pillow releases the GIL for both.
     """
-    crop_dir = check_images(meta)
+    crop_dir = check_ijb_images(meta)
     rows = np.arange(len(meta.names)) if rows is None else rows
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for start in range(0, len(rows), batch_size):
@@ -316,16 +317,6 @@ def _views(raw: np.ndarray, flip: bool) -> np.ndarray:
     return raw
 
 
-def image_features(raw: np.ndarray, det_scores: np.ndarray, flip: bool = True, norm: bool = True,
-                   detector: bool = True) -> np.ndarray:
-    """Per-image features [N, D] float32 from raw (N, D) or (N, 2, D) embeddings, insightface's F1/N1/D1.
-
-    (N, D) input is taken as already flip-summed (or flip-free); `flip=False` uses only the original view.
-    """
-    weights = image_weights(raw, det_scores, flip, norm, detector)
-    return (_views(np.asarray(raw), flip) * weights[:, None]).astype(np.float32)
-
-
 def pool_templates(raw: np.ndarray, templates: np.ndarray, medias: np.ndarray,
                    image_weights_: Optional[np.ndarray] = None, flip: bool = True,
                    rows: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
@@ -426,7 +417,7 @@ def score_pairs(feats: np.ndarray, i1: np.ndarray, i2: np.ndarray) -> np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
-class VerificationReport:
+class IJBVerification:
     """1:1 outcome: ROC, AUC and TAR (percent) at each FAR, nearest-point and interpolated."""
 
     roc: Roc
@@ -446,7 +437,7 @@ class VerificationReport:
 
 
 def verify_templates(template_ids: np.ndarray, template_feats: np.ndarray, t1: np.ndarray, t2: np.ndarray,
-                     labels: np.ndarray, pairs_path: str = "pairs") -> VerificationReport:
+                     labels: np.ndarray, pairs_path: str = "pairs") -> IJBVerification:
     """Score every pair and summarise the ROC."""
     scores = score_pairs(template_feats, template_rows(template_ids, t1, pairs_path),
                          template_rows(template_ids, t2, pairs_path))
@@ -463,13 +454,13 @@ def verify_templates(template_ids: np.ndarray, template_feats: np.ndarray, t1: n
                              f"got {genuine} genuine of {len(labels)}")
     roc = roc_curve(scores, labels)
     table = far_table(roc)
-    return VerificationReport(roc, auc(roc.fpr, roc.tpr), table["nearest"], table["interpolated"],
-                              len(scores), len(template_ids))
+    return IJBVerification(roc, auc(roc.fpr, roc.tpr), table["nearest"], table["interpolated"],
+                           len(scores), len(template_ids))
 
 
 def evaluate_11(meta: IJBMeta, raw_features: np.ndarray, flip: bool = True, norm: bool = True,
                 detector: bool = True, *, drop_nonfinite: bool = False,
-                source: str = "features") -> VerificationReport:
+                source: str = "features") -> IJBVerification:
     """IJB 1:1 verification of per-image raw features in meta row order.
 
     A NaN or infinite feature is an error naming its row (`source` names the features); with `drop_nonfinite`

@@ -26,7 +26,7 @@ FAR_TARGET = 1e-3
 
 
 @dataclass(frozen=True, eq=False)
-class VerificationResult:
+class BinVerification:
     """Outcome of `evaluate`: per-fold accuracies and thresholds, their summary, TAR@FAR and mean norm."""
 
     fold_accuracies: np.ndarray
@@ -169,7 +169,7 @@ def _as_array(embeddings: Any) -> np.ndarray:
     return np.asarray(embeddings, dtype=np.float64)
 
 
-def evaluate(embeddings: Any, issame: Sequence[bool], nrof_folds: int = 10) -> VerificationResult:
+def evaluate(embeddings: Any, issame: Sequence[bool], nrof_folds: int = 10) -> BinVerification:
     """Verification metrics of `embeddings` [2N, D] (pair i = rows 2i, 2i+1) against `issame` [N]."""
     emb = _as_array(embeddings)
     same = np.asarray(issame, dtype=bool).reshape(-1)
@@ -196,7 +196,7 @@ def evaluate(embeddings: Any, issame: Sequence[bool], nrof_folds: int = 10) -> V
     vals, fars = _val_folds(dist, same, folds, FAR_TARGET)
     # A smaller distance means "same", so the ROC's score is the negated distance.
     roc = roc_curve(-dist, same) if 0 < same.sum() < n else None
-    return VerificationResult(
+    return BinVerification(
         fold_accuracies=accuracies,
         accuracy=float(np.mean(accuracies)),
         std=float(np.std(accuracies)),

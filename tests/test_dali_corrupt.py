@@ -123,15 +123,26 @@ def test_payloads_dali_rejects_are_left_out_before_training(tmp_path, caplog):
     seen = epoch(ranks[0], 0) + epoch(ranks[1], 0)
     assert sorted(seen) == [k for k in range(64) if k not in bad]  # every good image once over the shards
     assert [loader.stats for loader in ranks] == [{"skipped_records": len(bad)}] * 2
-    assert all(not loader.excluded for loader in ranks)  # found before training, not by the run-time fallback
+    assert all(not loader.skipped_keys for loader in ranks)  # found before training, not by the run-time fallback
     rec = str(tmp_path / "train.rec")
     for k in bad:
         assert any(f"{rec}: record {k + 1}:" in message for message in caplog.messages)
     assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
 
 
+def torch_epochs(root, batch, world, epochs):
+    """The torch loader's ids over the same index, per rank: [rank][epoch] -> ids (it replaces what fails to
+    decode by the next record in the index's order, the rule the DALI loader follows)."""
+    from fr.config import DataConfig
+    from fr.data.loader import build_loader
+
+    cfg = DataConfig(root=str(root), batch_size=batch, num_workers=0, cache_dir=str(root) + "_cache")
+    return [[epoch(build_loader(cfg, DistEnv(rank=rank, world_size=world), seed=3), number)
+             for number in range(epochs)] for rank in range(world)]
+
+
 def test_images_dali_fails_on_while_training_are_found_and_skipped(tmp_path, caplog, monkeypatch):
-    # Two in each rank's shard of 32: 30 good images, 6 batches of 5, each.
+    # 64 images, global batches of 2 x 5: 6 per epoch; the order decides which rank meets which bad image.
     bad = {10: bogus_huffman_table(flat_jpeg(30)), 20: broken_png(2), 40: broken_png(3),
            55: bogus_huffman_table(flat_jpeg(165))}
     for payload in bad.values():
@@ -141,17 +152,18 @@ def test_images_dali_fails_on_while_training_are_found_and_skipped(tmp_path, cap
     with caplog.at_level(logging.WARNING):
         ranks = loaders(tmp_path, batch=5)
         assert [len(loader) for loader in ranks] == [6, 6]
-        first = [epoch(loader, 0) for loader in ranks]  # each rank meets its bad image in this epoch
-    assert [sorted(loader.excluded) for loader in ranks] == [[11, 21], [41, 56]]  # keys are ids + 1
-    assert all(not set(ids) & set(bad) for ids in first)
-    assert [loader.stats for loader in ranks] == [{"skipped_records": 2}] * 2  # each rank counts its own
+        first = [[epoch(loader, number) for number in range(2)] for loader in ranks]
+    found = sorted({key for loader in ranks for key in loader.skipped_keys})
+    assert found == [11, 21, 41, 56]  # keys are ids + 1; a rank finds those it meets in these two epochs
+    assert [loader.stats for loader in ranks] == [{"skipped_records": len(loader.skipped_keys)} for loader in ranks]
     rec = str(tmp_path / "train.rec")
     assert any(f"record 11 of {rec}" in message for message in caplog.messages)
-    # Next epoch: each rank reads its 30 remaining images, so every good image comes exactly once.
-    second = epoch(ranks[0], 1) + epoch(ranks[1], 1)
-    assert sorted(second) == [k for k in range(64) if k not in bad]
+    # Each sample that failed came as the next image in the index's order, as on the torch loader (which
+    # fails on these images too): the same ids in the same order on every rank, batches full.
+    assert first == torch_epochs(tmp_path, 5, 2, 2)
+    assert all(not set(ids) & set(bad) for per_rank in first for ids in per_rank)
 
-    # A resumed rank keeps its exclusions (no new search) and continues mid-epoch with the same batches.
+    # A resumed rank keeps its skipped keys (no new search) and continues mid-epoch with the same batches.
     boundary = ranks[0].state_dict()  # before epoch 2
     reference = loaders(tmp_path, batch=5)[0]
     reference.load_state_dict(boundary)
@@ -163,51 +175,52 @@ def test_images_dali_fails_on_while_training_are_found_and_skipped(tmp_path, cap
     resumed = loaders(tmp_path, batch=5)[0]
     monkeypatch.setattr("fr.data.dali.undecodable_records", None)  # a new search would fail
     resumed.load_state_dict(partial.state_dict())
-    assert sorted(resumed.excluded) == [11, 21] and resumed.stats == {"skipped_records": 2}
+    assert resumed.skipped_keys == ranks[0].skipped_keys and resumed.stats == ranks[0].stats
     assert head + [image_ids(x, y) for x, y in resumed] == expected
 
-    # A fresh run over the same cache leaves them out from the start, with another world size too.
+    # A fresh run over the same cache skips them all from the start on every rank, with another world size
+    # too, and gives the torch loader's samples.
     for world in (2, 1):
         fresh = loaders(tmp_path, batch=5, world=world)
-        assert sorted(key for loader in fresh for key in loader.excluded) == [11, 21, 41, 56]
-        assert sorted(k for loader in fresh for k in epoch(loader, 0)) == \
-            [k for k in range(64) if k not in bad]
+        assert all(sorted(loader.skipped_keys) == [11, 21, 41, 56] for loader in fresh)
+        assert [[epoch(loader, 0)] for loader in fresh] == torch_epochs(tmp_path, 5, world, 1)
 
 
 def test_a_damaged_list_of_undecodable_records_costs_a_search_not_the_run(tmp_path, caplog):
-    from fr.data.image_index import read_undecodable, record_undecodable, undecodable_path
+    from fr.data.image_index import add_skipped, read_skipped, skipped_path
 
     index = str(tmp_path / "train.0123.images.idx")
-    with open(undecodable_path(index), "w") as fh:
+    with open(skipped_path(index), "w") as fh:
         fh.write('{"12": "found')  # cut short
     with caplog.at_level(logging.WARNING):
-        assert read_undecodable(index) == {}
-    assert any(undecodable_path(index) in message for message in caplog.messages)
-    record_undecodable(index, {7: "a"})
-    record_undecodable(index, {3: "b"})
-    assert read_undecodable(index) == {3: "b", 7: "a"}
+        assert read_skipped(index) == {}
+    assert any(skipped_path(index) in message for message in caplog.messages)
+    add_skipped(index, {7: "a"})
+    add_skipped(index, {3: "b"})
+    assert read_skipped(index) == {3: "b", 7: "a"}
 
 
 def test_dali_search_finds_exactly_the_records_it_cannot_decode(tmp_path):
     from fr.data.dali import CHECK_BATCH, undecodable_records
-    from fr.data.image_index import build_index, shard_entries
+    from fr.data.image_index import build_index, read_index_entries
 
     bad = {0: broken_png(4), CHECK_BATCH - 1: bogus_huffman_table(flat_jpeg(9)), CHECK_BATCH: broken_png(5),
            CHECK_BATCH + 7: bogus_huffman_table(flat_jpeg(10))}
     write_set(tmp_path, bad, identities=9)  # 72 images: two batches for the search, bad ones at their edges
-    entries = shard_entries(build_index(str(tmp_path), cache_dir=str(tmp_path) + "_cache").path, 0, 1)
+    keys, offsets = read_index_entries(build_index(str(tmp_path), cache_dir=str(tmp_path) + "_cache").path)
+    entries = list(zip(keys.tolist(), offsets.tolist()))
     assert len(entries) == 72
     found = undecodable_records(str(tmp_path / "train.rec"), entries, None, 1)
     assert found == [k + 1 for k in sorted(bad)]
 
 
-def test_the_sample_dalis_error_names_is_excluded_when_a_second_try_decodes_it(tmp_path, monkeypatch):
+def test_the_sample_dalis_error_names_is_skipped_when_a_second_try_decodes_it(tmp_path, monkeypatch):
     # DALI's verdict on a few corrupt images differs between runs; then the search finds nothing.
     write_set(tmp_path, {5: broken_png(1)})
     loader = loaders(tmp_path, batch=7, world=1)[0]
     monkeypatch.setattr("fr.data.dali.undecodable_records", lambda *args: [])
     ids = epoch(loader, 0)
-    assert loader.excluded == [6] and 5 not in ids and len(ids) == 63
+    assert loader.skipped_keys == [6] and 5 not in ids and len(ids) == 63
 
 
 def test_a_dali_failure_no_record_explains_is_an_error_not_a_loop(tmp_path, monkeypatch):

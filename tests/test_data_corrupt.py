@@ -1,5 +1,5 @@
-"""Corrupt data: garbled and undecodable records are skipped and counted; bad labels/headers fail early;
-the structural image check that keeps what DALI cannot decode out of its index."""
+"""Corrupt data: records with a corrupt header or an undecodable image are skipped and counted; bad
+labels/headers fail early; the structural image check that keeps what DALI cannot decode out of its index."""
 import io
 import os
 import struct
@@ -14,7 +14,7 @@ from fr.data.base import DataError
 from fr.data.datasets import RecordDataset
 from fr.data.loader import DeviceLoader, build_loader
 from fr.data.recordio import IRHeader, IndexedRecordIO, pack, read_index
-from fr.data.verify import check_images, image_size
+from fr.data.verify import check_record_images, image_size
 from fr.data.writer import InsightfaceRecordWriter
 from fr.distributed import DistEnv
 
@@ -41,7 +41,7 @@ def garble(root, key):
 
 def corrupt_set(root):
     """4 identities x 4 images filled with value 10*c + j (a wrong label shows in the pixels); image 12 (key 7)
-    is not a JPEG although it starts like one, and record 12 (identity 2, image 3) has a garbled header."""
+    is not a JPEG although it starts like one, and record 12 (identity 2, image 3) has a corrupt header."""
     sets = [[png(10 * c + j) for j in range(4)] for c in range(4)]
     sets[1][2] = b"\xff\xd8 not really a jpeg"
     write_set(root, sets)
@@ -63,7 +63,7 @@ def check_batches(loader, epochs=2):
     return seen
 
 
-def test_training_loader_leaves_garbled_and_undecodable_records_out_and_counts_them(tmp_path, monkeypatch):
+def test_training_loader_skips_corrupt_and_undecodable_records_and_counts_them(tmp_path, monkeypatch):
     corrupt_set(tmp_path)
     loader = build_loader(DataConfig(root=str(tmp_path), batch_size=2, num_workers=2), DistEnv(), seed=0)
     # both are found by the cached check of fr.data.image_index before training
@@ -84,7 +84,7 @@ def test_images_undecodable_at_run_time_are_replaced_and_counted(tmp_path):
     assert len(dataset) == 15 and dataset.skipped == 1
     loader = DeviceLoader(dataset, 2, DistEnv(), num_workers=2, seed=0)
     assert check_batches(loader) == 28
-    assert loader.skipped == 1 + 1  # the garbled header and the undecodable image, each once in 2 epochs
+    assert loader.skipped == 1 + 1  # the corrupt header and the undecodable image, each once in 2 epochs
     assert loader.stats == {"skipped_records": 2}
 
 
@@ -175,6 +175,6 @@ def test_image_check_leaves_out_a_record_whose_length_runs_into_the_next(tmp_pat
         fh.seek(offset + 4)
         fh.write(struct.pack("<I", length + 16))
     with IndexedRecordIO(str(tmp_path / "train.idx"), str(tmp_path / "train.rec"), "r") as record:
-        result = check_images(record, [1, 2, 3])
+        result = check_record_images(record, [1, 2, 3])
     assert result.keys == [1, 3] and dict(result.sizes) == {(112, 96): 2}
-    assert "record 2: record announces" in result.problems[2]
+    assert "record 2: record announces" in result.skipped[2]

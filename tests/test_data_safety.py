@@ -11,8 +11,8 @@ from PIL import Image
 from fr.cli.data import main as data_main
 from fr.config import SynthConfig
 from fr.data.base import DataError
-from fr.data.ownership import MANIFEST, staging_prefix
-from fr.data.pack import pack
+from fr.data.ownership import OUTPUT_MANIFEST, staging_prefix
+from fr.data.pack import pack_images
 from fr.synth.dataset import ensure_synthetic, generate
 from fr.data.writer import InsightfaceRecordWriter
 
@@ -78,11 +78,12 @@ def test_synth_replaces_its_own_earlier_output(tmp_path, capsys):
     assert data_main(["synth", "--out", str(out), *TINY, "--seed", "2"]) == 0
     fresh = tmp_path / "fresh"
     generate(str(fresh), SynthConfig(seed=2, **TINY_CFG))
-    data = {name: body for name, body in snapshot(out).items() if name != MANIFEST}  # its stamps differ
-    assert data == {name: body for name, body in snapshot(fresh).items() if name != MANIFEST}  # nothing of seed 1
+    data = {name: body for name, body in snapshot(out).items() if name != OUTPUT_MANIFEST}  # its stamps differ
+    # nothing of seed 1
+    assert data == {name: body for name, body in snapshot(fresh).items() if name != OUTPUT_MANIFEST}
     assert json.loads((out / "synthetic.json").read_text())["seed"] == 2
-    listed = json.loads((out / MANIFEST).read_text())["files"]
-    assert sorted(listed) == sorted(set(os.listdir(out)) - {MANIFEST})
+    listed = json.loads((out / OUTPUT_MANIFEST).read_text())["files"]
+    assert sorted(listed) == sorted(set(os.listdir(out)) - {OUTPUT_MANIFEST})
     assert {"train.rec", "train.idx", "synthetic_val.bin", "synthetic.json"} == set(listed)
 
 
@@ -101,9 +102,9 @@ def test_a_manifest_cannot_point_outside_its_directory(tmp_path, capsys):
     victim.write_text("keep me")
     out = tmp_path / "set"
     out.mkdir()
-    (out / MANIFEST).write_text(json.dumps({"files": {"../victim.txt": {"size": 7, "mtime_ns": 0}}}))
+    (out / OUTPUT_MANIFEST).write_text(json.dumps({"files": {"../victim.txt": {"size": 7, "mtime_ns": 0}}}))
     assert data_main(["synth", "--out", str(out), *TINY]) == 2
-    assert MANIFEST in error_line(capsys)
+    assert OUTPUT_MANIFEST in error_line(capsys)
     assert victim.read_text() == "keep me"
 
 
@@ -235,7 +236,7 @@ def test_synth_with_nothing_to_render_is_an_error(tmp_path, capsys, flag):
 
 def test_pack_with_no_images_is_an_error(tmp_path):
     with pytest.raises(DataError, match="no images"):
-        pack([], str(tmp_path / "out"), workers=1, progress=False)
+        pack_images([], str(tmp_path / "out"), workers=1, progress=False)
     assert not (tmp_path / "out").exists()
 
 

@@ -64,11 +64,18 @@ def test_verify_reports_every_kind_of_damage(tmp_path, capsys):
     (root / "train.rec").write_bytes(bytes(data))
     status, report = run_json(["verify", str(root), "--json"], capsys)
     assert status == 1 and not report["ok"]
-    text = "\n".join(report["messages"])
+    # Records training would skip, one message each, apart from the errors of the file itself.
+    skipped, errors = report["messages"]["skipped_records"], report["messages"]["errors"]
+    assert (report["skipped_records"], report["errors"]) == (len(skipped), len(errors)) == (3, 1)
+    assert sorted(m.split(": ", 1)[1][:8] for m in skipped) == ["record 2", "record 3", "record 4"]
+    text = "\n".join(skipped)
     assert "record 4: bad magic" in text
     assert "record 2 has label 7, outside [0, 2)" in text
     assert "record 3: cannot decode image" in text
-    assert "identity record 7 (class 1) holds [4, 6), expected a non-empty range starting at 3" in text
+    assert "identity record 7 (class 1) holds [4, 6), expected a non-empty range starting at 3" in errors[0]
+    assert data_main(["verify", str(root)]) == 1  # the text report says which is which
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines[:4]] == ["error", "skipped", "skipped", "skipped"]
 
 
 def test_verify_reports_a_truncated_file(good_dir, capsys):
@@ -77,7 +84,7 @@ def test_verify_reports_a_truncated_file(good_dir, capsys):
     rec.write_bytes(rec.read_bytes()[:offsets[5][1] + 30])  # cut inside image record 5
     status, report = run_json(["verify", str(good_dir), "--json"], capsys)
     assert status == 1
-    assert any("record 5" in m and ("announces" in m or "shorter" in m) for m in report["messages"])
+    assert any("record 5" in m and ("announces" in m or "shorter" in m) for m in report["messages"]["skipped_records"])
 
 
 def make_folder(root):
@@ -124,7 +131,7 @@ def test_pack_from_im2rec_lst(tmp_path, capsys):
 def test_shuffle_copies_every_record_once_in_a_new_order(good_dir, tmp_path, capsys):
     out = tmp_path / "shuffled"
     status, result = run_json(["shuffle", str(good_dir), "--out", str(out), "--seed", "1", "--quiet"], capsys)
-    assert status == 0 and result["images"] == 9
+    assert status == 0 and result["images"] == 9 and result["skipped_records"] == 0
     src = IndexedRecordIO(str(good_dir / "train.idx"), str(good_dir / "train.rec"), "r")
     dst = IndexedRecordIO(str(out / "train.idx"), str(out / "train.rec"), "r")
     originals = [src.read_idx(k) for k in range(1, 10)]

@@ -26,8 +26,8 @@ from fr.cli.eval import main as eval_main
 from fr.config import Config, save_config
 from fr.distributed import DistEnv
 from fr.models import build_backbone
-from fr.train.checkpoint import CheckpointError, load_backbone, load_state_dict_file
-from fr.train.resume import FORMAT, MANIFEST, load_rank_state, rank_file
+from fr.train.checkpoint import FORMAT, MANIFEST, load_rank_state, rank_file
+from fr.train.model_file import CheckpointError, load_backbone, load_state_dict_file
 
 EMBEDDING = 16
 

@@ -66,9 +66,10 @@ def test_verify_reports_each_bad_label_by_record(tmp_path, capsys):
     bad_label_set(tmp_path)
     status = data_main(["verify", str(tmp_path), "--json"])
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert status == 1 and report["problems"] == len(BAD)
+    assert status == 1 and report["skipped_records"] == len(BAD) and report["errors"] == 0
     rec = str(tmp_path / "train.rec")
-    assert sorted(report["messages"]) == sorted(f"{rec}: record {key} {why}" for key, (_, why) in BAD.items())
+    expected = sorted(f"{rec}: record {key} {why}" for key, (_, why) in BAD.items())
+    assert sorted(report["messages"]["skipped_records"]) == expected
 
 
 def test_training_skips_bad_labels_with_one_log_line(tmp_path, caplog):
@@ -160,7 +161,7 @@ def test_a_damaged_header_record_is_a_data_error(tmp_path, capsys, header, match
     with pytest.raises(DataError, match=match):
         RecordDataset(str(tmp_path))
     assert data_main(["verify", str(tmp_path), "--json"]) == 1
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["problems"] == 1
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["errors"] == 1
 
 
 def test_an_identity_record_with_a_nan_label_is_a_data_error(tmp_path, capsys):
@@ -174,4 +175,5 @@ def test_an_identity_record_with_a_nan_label_is_a_data_error(tmp_path, capsys):
     with pytest.raises(DataError, match=r"identity record 11 \(class 1\) has label \[nan, 7.0\], expected whole"):
         RecordDataset(str(tmp_path))
     assert data_main(["verify", str(tmp_path), "--json"]) == 1
-    assert "identity record 11" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["messages"][0]
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "identity record 11" in report["messages"]["errors"][0]

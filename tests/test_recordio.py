@@ -146,7 +146,7 @@ def test_pack_img_round_trip_png_exact():
     assert header.label == 2.0 and np.array_equal(decoded, img)
 
 
-def test_truncated_and_garbled_files_name_the_offset(tmp_path):
+def test_truncated_and_corrupt_files_name_the_offset(tmp_path):
     path = tmp_path / "t.rec"
     writer = MXRecordIO(str(path), "w")
     writer.write(b"0123456789")

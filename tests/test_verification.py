@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.model_selection import KFold
 
-from evaluation import VerificationResult, embed_images, evaluate, verify_bin, write_bin
+from evaluation import BinVerification, embed_images, evaluate, verify_bin, write_bin
 from evaluation.bin_format import encode_png
 from evaluation.verification import kfold_slices, threshold_at_far
 
@@ -255,7 +255,7 @@ def test_to_dict_is_json_serialisable():
     d = json.loads(json.dumps(result.to_dict()))
     assert set(d) == {"accuracy", "std", "fold_accuracies", "best_thresholds", "xnorm", "val", "val_std", "far", "auc"}
     assert d["accuracy"] == result.accuracy and len(d["fold_accuracies"]) == 10
-    assert isinstance(result, VerificationResult)
+    assert isinstance(result, BinVerification)
     with pytest.raises(AttributeError):
         result.accuracy = 0.0  # frozen
 

@@ -59,25 +59,27 @@ def _verify(args: argparse.Namespace) -> int:
     progress = None if args.json else (lambda keys: tqdm(keys, unit="img", desc="verify", file=sys.stderr))
     report = verify_dir(args.dir, get_decoder("auto"), progress=progress)
     info = {"dir": args.dir, "records": report.records, "images": report.images, "ok": report.ok,
-            "problems": len(report.problems)}
+            "skipped_records": len(report.skipped), "errors": len(report.errors)}
     if args.json:
-        print(json.dumps({**info, "messages": report.problems}))
+        print(json.dumps({**info, "messages": {"skipped_records": report.skipped, "errors": report.errors}}))
     else:
-        for message in report.problems:
-            print(message)
+        for message in report.errors:
+            print(f"error: {message}")
+        for message in report.skipped:
+            print(f"skipped: {message}")
         _emit(info, False)
     return 0 if report.ok else 1
 
 
 def _pack(args: argparse.Namespace) -> int:
-    from fr.data.pack import group_by_label, list_image_folder, pack, read_lst
+    from fr.data.pack import group_by_label, list_image_folder, pack_images, read_lst
 
     if (args.folder is None) == (args.lst is None):
         raise UsageError("fr-data pack needs exactly one of --folder DIR or --lst FILE")
     source = args.folder or args.lst
     items = list_image_folder(args.folder) if args.folder else read_lst(args.lst, args.image_root)
-    result = pack(group_by_label(items, source), args.out, size=args.size, quality=args.quality,
-                  workers=args.workers, progress=not args.quiet, sources=[source])
+    result = pack_images(group_by_label(items, source), args.out, size=args.size, quality=args.quality,
+                         workers=args.workers, progress=not args.quiet, sources=[source])
     print(json.dumps({**result, "failed": len(result["failed"])}))
     return 0 if not result["failed"] else 1
 
@@ -110,9 +112,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=_info)
 
-    verify = sub.add_parser("verify", help="scan every record; exit status 1 when anything is wrong")
+    verify = sub.add_parser("verify", help="scan every record: the records training would skip and the file's "
+                                           "errors; exit status 1 when there is either")
     verify.add_argument("dir", help="directory holding train.rec/train.idx")
-    verify.add_argument("--json", action="store_true", help="print JSON (with every problem message)")
+    verify.add_argument("--json", action="store_true", help="print JSON (with every message)")
     verify.set_defaults(func=_verify)
 
     pack = sub.add_parser("pack", help="pack an image folder or im2rec .lst into insightface-layout records")

@@ -1,7 +1,7 @@
 """Image decoders for the torch path: a registry by name, the fastest installed one picked by default.
 
-Measured on the 2-core development machine (112x112 JPEG q90): simplejpeg ~6,400 images/s, Pillow ~2,500.
-PyTurboJPEG needs the system libturbojpeg, which pip cannot provide, so it is not offered.
+simplejpeg decodes JPEG faces faster than Pillow (figures: docs/benchmarks.md). PyTurboJPEG needs
+the system libturbojpeg, which pip cannot provide, so it is not offered.
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ _PEEK = 8 + _HEADER_SIZE + 64
 
 
 def read_header_at(fh, offset: int, where: str) -> IRHeader:
-    """Read only the IRHeader (and its labels) of the record at `offset`; RecordIOError when garbled."""
+    """Read only the IRHeader (and its labels) of the record at `offset`; RecordIOError when it is corrupt."""
     fh.seek(offset)
     head = fh.read(_PEEK)
     if len(head) < 8:
@@ -48,7 +48,7 @@ def read_header_at(fh, offset: int, where: str) -> IRHeader:
 
 
 def scan_headers(record: IndexedRecordIO, keys) -> Iterator[Tuple[int, Optional[IRHeader], Optional[str]]]:
-    """(key, header, None) per key, or (key, None, error) for a garbled record; one open file, no decoding."""
+    """(key, header, None) per key, or (key, None, error) for a corrupt record; one open file, no decoding."""
     with open(record.uri, "rb") as fh:
         for key in keys:
             offset = record.idx.get(key)
@@ -85,8 +85,8 @@ def bad_label(value: float, num_classes: int) -> Optional[str]:
 
 @dataclass
 class CheckResult:
-    """What a header scan found: usable image keys with their labels, skipped keys (garbled header or bad
-    label) with the reason, and hard errors (identity records)."""
+    """What a header scan found: usable image keys with their labels, skipped keys (corrupt header or a label
+    that names no class) with the reason, and errors (identity records)."""
 
     keys: List[int] = field(default_factory=list)
     labels: List[int] = field(default_factory=list)
@@ -98,7 +98,7 @@ def check_records(record: IndexedRecordIO, image_keys: List[int], num_classes: i
                   identity_keys: Optional[List[int]] = None) -> CheckResult:
     """Read every image header (and identity record) and check labels and identity ranges.
 
-    Garbled headers and labels that name no class (see `bad_label`) are `skipped` (the loaders leave them
+    Corrupt headers and labels that name no class (see `bad_label`) are `skipped` (the loaders leave them
     out); identity records that disagree with the header are `errors`. Every message names the record.
     """
     result = CheckResult()

@@ -80,7 +80,7 @@ def read_layout(record: IndexedRecordIO) -> RecordLayout:
 def checked_keys(record: IndexedRecordIO, layout: RecordLayout, num_classes: int) -> Tuple[List[int], Dict[int, str]]:
     """Header-only check before training: (usable image keys, {skipped key: why}).
 
-    Records with a garbled header or a label that names no class in `[0, num_classes)` are skipped (see
+    Records with a corrupt header or a label that names no class in `[0, num_classes)` are skipped (see
     `log_skipped`); identity records that disagree with the header raise DataError naming the record.
     """
     result = check_records(record, layout.image_keys, num_classes, layout.identity_keys)

@@ -19,7 +19,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 from evaluation.fileio import atomic_write_json
 from fr.data.base import DataError
 
-MANIFEST = ".fr-manifest.json"
+OUTPUT_MANIFEST = ".fr-manifest.json"
 CACHE_DIR = ".fr_cache"  # the loaders' default index cache (fr.data.image_index); present, never touched here
 STAGING_PREFIX = ".fr-staging-"
 
@@ -29,7 +29,8 @@ class ForeignFileError(DataError, FileExistsError):
 
 
 def _plain_name(name: object) -> bool:
-    return isinstance(name, str) and name not in ("", ".", "..", MANIFEST) and "/" not in name and os.sep not in name
+    return (isinstance(name, str) and name not in ("", ".", "..", OUTPUT_MANIFEST) and "/" not in name
+            and os.sep not in name)
 
 
 def _stamp(path: str) -> Dict[str, int]:
@@ -39,7 +40,7 @@ def _stamp(path: str) -> Dict[str, int]:
 
 def _read_manifest(out_dir: str) -> Tuple[Optional[Dict[str, dict]], Optional[str]]:
     """(files listed, None), or (None, why the manifest cannot be used); (None, None) when there is none."""
-    path = os.path.join(out_dir, MANIFEST)
+    path = os.path.join(out_dir, OUTPUT_MANIFEST)
     if not os.path.lexists(path):
         return None, None
     if not stat.S_ISREG(os.lstat(path).st_mode):
@@ -99,19 +100,19 @@ def first_foreign(out_dir: str) -> Optional[Tuple[str, str]]:
         return out_dir, "is not a directory"
     files, bad_manifest = _read_manifest(out_dir)
     if bad_manifest:
-        return os.path.join(out_dir, MANIFEST), bad_manifest
+        return os.path.join(out_dir, OUTPUT_MANIFEST), bad_manifest
     for name in sorted(os.listdir(out_dir)):
         path = os.path.join(out_dir, name)
-        if name in (MANIFEST, CACHE_DIR):
+        if name in (OUTPUT_MANIFEST, CACHE_DIR):
             continue
         if name.startswith(STAGING_PREFIX):
             if _staging_state(path) == "foreign":
                 return path, "is not a staging directory fr left (it holds more than files, or has no fr process id)"
             continue
         if files is None:
-            return path, f"was not written by fr (no {MANIFEST} here)"
+            return path, f"was not written by fr (no {OUTPUT_MANIFEST} here)"
         if name not in files:
-            return path, f"was not written by fr (not listed in {MANIFEST})"
+            return path, f"was not written by fr (not listed in {OUTPUT_MANIFEST})"
         if _stamp(path) != files[name] or not stat.S_ISREG(os.lstat(path).st_mode):
             return path, "has changed since fr wrote it"
     return None
@@ -200,9 +201,9 @@ def _swap(out_dir: str, stage: str, command: str, last: Sequence[str]) -> None:
     entries = {name: _stamp(os.path.join(stage, name)) for name in new}  # a rename keeps size and mtime
     for name in previous:
         os.remove(os.path.join(out_dir, name))
-    staged_manifest = os.path.join(stage, MANIFEST)
+    staged_manifest = os.path.join(stage, OUTPUT_MANIFEST)
     atomic_write_json(staged_manifest, {"written_by": "fr", "command": command, "files": entries})
-    os.replace(staged_manifest, os.path.join(out_dir, MANIFEST))
+    os.replace(staged_manifest, os.path.join(out_dir, OUTPUT_MANIFEST))
     for name in [n for n in new if n not in last] + [n for n in last if n in entries]:
         target = os.path.join(out_dir, name)
         if os.path.lexists(target):  # appeared since the check above: not fr's to replace

@@ -86,8 +86,8 @@ def encode_image(job: Tuple[str, int, int]) -> Tuple[Optional[bytes], str]:
         return None, f"{path}: {exc}"
 
 
-def pack(items: List[Tuple[str, int]], out_dir: str, size: int = 112, quality: int = 95, workers: int = 0,
-         progress: bool = True, sources: Sequence[str] = ()) -> dict:
+def pack_images(items: List[Tuple[str, int]], out_dir: str, size: int = 112, quality: int = 95, workers: int = 0,
+                progress: bool = True, sources: Sequence[str] = ()) -> dict:
     """Encode `items` with `workers` processes and write `out_dir/train.rec`/`.idx`; returns counts.
 
     `out_dir` must lie apart from `sources` (the folder or `.lst` the items came from) and may not be or hold

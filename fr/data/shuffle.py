@@ -19,7 +19,7 @@ def shuffle_records(src: str, out_dir: str, seed: int = 0, progress: bool = True
     """Copy the image records of `src` in a random order to `out_dir/train.rec`/`.idx`.
 
     Identity ranges cannot survive a shuffle, so the copy has no header or identity records (fr reads it as
-    the plain layout). Record bodies are copied byte for byte; garbled records are left out. `out_dir` must
+    the plain layout). Record bodies are copied byte for byte; corrupt records are skipped. `out_dir` must
     lie apart from `src` and its files (symlinks resolved) and hold nothing but fr's earlier outputs
     (`fr.data.ownership`); both are checked before anything is written.
     """
@@ -28,7 +28,7 @@ def shuffle_records(src: str, out_dir: str, seed: int = 0, progress: bool = True
     record = IndexedRecordIO(idx_path, rec_path, "r")
     try:
         layout = read_layout(record)
-        keys, garbled = checked_keys(record, layout, layout.num_classes)
+        keys, skipped = checked_keys(record, layout, layout.num_classes)
         if not keys:
             raise DataError(f"{rec_path} holds no readable image records: nothing to shuffle")
         order = np.random.default_rng(seed).permutation(len(keys))
@@ -47,4 +47,4 @@ def shuffle_records(src: str, out_dir: str, seed: int = 0, progress: bool = True
                 sync_file(os.path.join(stage, name))
     finally:
         record.close()
-    return {"out": out_dir, "images": len(keys), "garbled_skipped": len(garbled), "seed": seed}
+    return {"out": out_dir, "images": len(keys), "skipped_records": len(skipped), "seed": seed}

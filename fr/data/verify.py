@@ -71,7 +71,7 @@ def _pil_size(payload: bytes) -> Tuple[int, int]:
         return img.size
 
 
-MAX_PIXELS = 1 << 30  # OpenCV's default bound; a garbled JPEG frame header often claims tens of thousands a side
+MAX_PIXELS = 1 << 30  # OpenCV's default bound; a corrupt JPEG frame header often claims tens of thousands a side
 
 
 class ImageFormat(NamedTuple):
@@ -114,22 +114,23 @@ def image_size(payload: bytes) -> Tuple[int, int]:
 
 
 @dataclass
-class ImageCheck:
-    """What `check_images` found: the keys that passed, their (width, height) counts, and one message per
-    record left out."""
+class RecordImageCheck:
+    """What `check_record_images` found: the keys that passed, their (width, height) counts, and the skipped
+    keys with one message each."""
 
     keys: List[int] = field(default_factory=list)
     sizes: Counter = field(default_factory=Counter)
-    problems: Dict[int, str] = field(default_factory=dict)
+    skipped: Dict[int, str] = field(default_factory=dict)
 
 
-def check_images(record: IndexedRecordIO, keys: List[int]) -> ImageCheck:
+def check_record_images(record: IndexedRecordIO, keys: List[int]) -> RecordImageCheck:
     """Structural check of each record's image (see `image_size`) and of its length against the next record.
 
     DALI's record parser copies as many bytes as a record announces, so a length running into the next record
-    or past the end of the file is left out here. Reads the file through mmap: ~14 us per 4 KB record.
+    or past the end of the file is skipped here. Reads the file through mmap, far cheaper than decoding
+    (figures: docs/benchmarks.md).
     """
-    result = ImageCheck()
+    result = RecordImageCheck()
     size = os.path.getsize(record.uri)
     starts = sorted(record.idx.values())
     ends = dict(zip(starts, starts[1:] + [size]))
@@ -140,7 +141,7 @@ def check_images(record: IndexedRecordIO, keys: List[int]) -> ImageCheck:
                 payload = _payload_at(record, data, offset, ends[offset])
                 result.sizes[image_size(payload)] += 1
             except (ValueError, RecordIOError, struct.error) as exc:
-                result.problems[key] = f"{record.uri}: record {key}: {exc}"
+                result.skipped[key] = f"{record.uri}: record {key}: {exc}"
                 continue
             result.keys.append(key)
     return result
@@ -163,44 +164,44 @@ def _payload_at(record: IndexedRecordIO, data: mmap.mmap, offset: int, end: int)
 
 
 @dataclass
-class VerifyReport:
-    """Result of a full scan: counts and one message per problem."""
+class RecordCheckReport:
+    """What `fr-data verify` found: counts, the records training would skip (one message each: corrupt header,
+    label that names no class, image that does not decode) and the errors of the file itself (header or
+    identity records, `.idx` entries) that stop training or point nowhere."""
 
     records: int = 0
     images: int = 0
-    problems: List[str] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)
+    errors: List[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.skipped and not self.errors
 
 
-def verify_dir(root: str, decode: Callable[[bytes], object], progress=None) -> VerifyReport:
+def verify_dir(root: str, decode: Callable[[bytes], object], progress=None) -> RecordCheckReport:
     """Scan every record of `root/train.rec`: structure, headers, labels, identity records, image decode."""
     rec_path, idx_path = record_paths(root)
-    record = IndexedRecordIO(idx_path, rec_path, "r")
-    report = VerifyReport(records=len(record.keys))
-    try:
-        layout = read_layout(record)
-    except (DataError, RecordIOError) as exc:
-        report.problems.append(str(exc))
-        return report
-    report.images = len(layout.image_keys)
-    identity_keys = layout.identity_keys
-    check = check_records(record, layout.image_keys, layout.num_classes, identity_keys)
-    report.problems.extend(check.skipped.values())
-    report.problems.extend(check.errors)
-    size = os.path.getsize(rec_path)
-    for key in progress(check.keys) if progress else check.keys:
+    with IndexedRecordIO(idx_path, rec_path, "r") as record:
+        report = RecordCheckReport(records=len(record.keys))
         try:
-            _, payload = unpack(record.read_idx(key))
-            decode(payload)
-        except RecordIOError as exc:
-            report.problems.append(f"{rec_path}: record {key}: {exc}")
-        except Exception as exc:  # decoders raise many types for corrupt data
-            report.problems.append(f"{rec_path}: record {key}: cannot decode image ({exc})")
-    bad_offsets = [k for k, off in record.idx.items() if off >= size]
-    report.problems.extend(f"{idx_path}: key {k} points past the end of {rec_path}" for k in bad_offsets
-                           if k not in check.skipped)
-    record.close()
+            layout = read_layout(record)
+        except (DataError, RecordIOError) as exc:
+            report.errors.append(str(exc))
+            return report
+        report.images = len(layout.image_keys)
+        check = check_records(record, layout.image_keys, layout.num_classes, layout.identity_keys)
+        report.skipped.extend(check.skipped.values())
+        report.errors.extend(check.errors)
+        for key in progress(check.keys) if progress else check.keys:
+            try:
+                _, payload = unpack(record.read_idx(key))
+                decode(payload)
+            except RecordIOError as exc:
+                report.skipped.append(f"{rec_path}: record {key}: {exc}")
+            except Exception as exc:  # decoders raise many types for corrupt data
+                report.skipped.append(f"{rec_path}: record {key}: cannot decode image ({exc})")
+        size = os.path.getsize(rec_path)
+        report.errors.extend(f"{idx_path}: key {k} points past the end of {rec_path}"
+                             for k, offset in record.idx.items() if offset >= size and k not in check.skipped)
     return report

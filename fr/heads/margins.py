@@ -15,13 +15,9 @@ from fr.registry import Registry
 LOSSES = Registry("margin loss")
 register_loss = LOSSES.register
 available_losses = LOSSES.names
+build_loss = LOSSES.build  # unknown names or parameters raise a one-line ValueError
 
 ANGLE_EPS = 1e-7
-
-
-def build_loss(name: str, **params) -> nn.Module:
-    """Instantiate the margin loss registered as `name`; unknown names or parameters raise a one-line ValueError."""
-    return LOSSES.build(name, **params)
 
 
 def check_finite(name: str, value: float) -> float:

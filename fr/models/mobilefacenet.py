@@ -1,15 +1,13 @@
 """MobileFaceNet backbone with insightface arcface_torch's ``get_mbf`` layout and state_dict keys."""
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from fr.models.iresnet import trunk_autocast
 from fr.models.registry import register_backbone
-
-Pair = Tuple[int, int]
 
 
 class LinearBlock(nn.Module):
@@ -83,9 +81,11 @@ class GDC(nn.Module):
         return self.layers(x)
 
 
+@register_backbone("mobilefacenet")
 class MobileFaceNet(nn.Module):
     """Images [B,3,S,S] in [-1,1] -> embeddings [B,num_features]; S must be a multiple of 16 (112 by default).
 
+    insightface's ``mbf``; ``blocks=(2, 8, 12, 4), scale=4`` gives ``mbf_large``.
     ``blocks`` are the residual unit counts of the four stages, ``scale`` multiplies the trunk widths (64, 128).
     With ``fp16`` the ``layers`` trunk runs under autocast and ``conv_sep``/``features`` in float32.
     """
@@ -145,15 +145,3 @@ class MobileFaceNet(nn.Module):
             x = self.layers(x)
         x = self.conv_sep(x.float() if self.fp16 else x)
         return self.features(x)
-
-
-@register_backbone("mobilefacenet")
-def mobilefacenet(
-    num_features: int = 512,
-    blocks: Sequence[int] = (1, 4, 6, 2),
-    scale: int = 2,
-    fp16: bool = False,
-    input_size: int = 112,
-) -> MobileFaceNet:
-    """MobileFaceNet (insightface ``mbf``); ``blocks=(2, 8, 12, 4), scale=4`` gives ``mbf_large``."""
-    return MobileFaceNet(num_features=num_features, blocks=blocks, scale=scale, fp16=fp16, input_size=input_size)
