@@ -1,5 +1,4 @@
 """Tests for evaluation.bin_format: insightface .bin verification sets (Python 2 and 3 pickles)."""
-import io
 import os
 import pickle
 import pickletools
@@ -12,6 +11,7 @@ from PIL import Image
 from evaluation import load_bin, write_bin
 from evaluation import bin_format
 from evaluation.bin_format import BinFormatError, encode_jpeg, encode_png
+from tests.helpers.images import png
 
 
 def random_images(n, size, seed=0):
@@ -123,10 +123,8 @@ def test_images_are_resized_to_image_size(tmp_path):
 
 def test_grayscale_images_are_converted_to_rgb(tmp_path):
     gray = np.random.default_rng(6).integers(0, 256, size=(16, 16), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(gray).save(buf, format="PNG")
     path = tmp_path / "gray.bin"
-    write_bin(path, [buf.getvalue()] * 2, [True])
+    write_bin(path, [png(gray)] * 2, [True])  # PIL's encoder, independent of encode_png
     got, _ = load_bin(path, image_size=16)
     np.testing.assert_array_equal(got[0], np.repeat(gray[:, :, None], 3, axis=2))
 

@@ -8,8 +8,8 @@ import pytest
 
 from fr.config import Config, ConfigError, DataConfig, apply_overrides, load_config, load_file, save_config
 from fr.heads import build_loss
+from tests.helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = os.path.join(ROOT, "configs", "base.py")
 
 

@@ -1,17 +1,15 @@
 """DALI loader (CPU pipeline) over files holding images DALI cannot decode: skipped, counted, never a crash."""
-import io
 import logging
 import os
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from fr.data.dali import DaliLoader
 from fr.data.verify import image_size
-from fr.data.writer import InsightfaceRecordWriter
 from fr.distributed import DistEnv
+from tests.helpers.images import encode, flat, jpeg, noise
+from tests.helpers.records import image_ids
 
 pytest.importorskip("nvidia.dali")
 
@@ -19,15 +17,11 @@ IDENTITIES, PER_IDENTITY = 8, 8
 
 
 def flat_jpeg(value):
-    buf = io.BytesIO()
-    Image.fromarray(np.full((112, 112, 3), value, np.uint8)).save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
+    return jpeg(flat(value))
 
 
-def noise(fmt, seed=0):
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(buf, format=fmt)
-    return buf.getvalue()
+def noisy(fmt, seed=0):
+    return encode(noise(seed), fmt)
 
 
 def scan_start(jpeg):
@@ -46,7 +40,7 @@ def bogus_huffman_table(jpeg):
 
 
 def broken_png(seed):
-    data = bytearray(noise("PNG", seed))
+    data = bytearray(noisy("PNG", seed))
     middle = len(data) // 2
     data[middle:middle + 64] = bytes(64)  # inside the compressed data; the IEND chunk is intact
     return bytes(data)
@@ -71,27 +65,6 @@ def dali_decodes(payload):
     return True
 
 
-def write_set(root, bad, identities=IDENTITIES):
-    """Image k (key k+1, label k // 8) is a flat grey of value 3k, or the payload bad[k]."""
-    with InsightfaceRecordWriter(str(root)) as writer:
-        for c in range(identities):
-            ids = range(c * PER_IDENTITY, (c + 1) * PER_IDENTITY)
-            writer.add_identity([bad[k] if k in bad else flat_jpeg(3 * k) for k in ids])
-
-
-def image_ids(images, labels):
-    """Ids of a batch's images, checking that each image is flat and that its label is its identity."""
-    ids = []
-    for image, label in zip(images, labels):
-        value = float(image[0, 0, 0])
-        assert torch.equal(image, torch.full_like(image, value))
-        k = round((value + 1) * 127.5 / 3)
-        assert value == np.float32(3 * k) / np.float32(127.5) - np.float32(1)  # exact [-1, 1] conversion
-        assert int(label) == k // PER_IDENTITY  # never a wrong label
-        ids.append(k)
-    return ids
-
-
 def loaders(root, batch, world=2):
     return [DaliLoader(str(root), batch, DistEnv(rank=rank, world_size=world), seed=3, num_threads=1,
                        cache_dir=str(root) + "_cache") for rank in range(world)]
@@ -99,35 +72,35 @@ def loaders(root, batch, world=2):
 
 def epoch(loader, number):
     loader.set_epoch(number)
-    batches = [image_ids(images, labels) for images, labels in loader]
+    batches = [image_ids(images, labels, PER_IDENTITY) for images, labels in loader]
     assert len(batches) == len(loader)  # every rank steps the same number of times
     return [k for batch in batches for k in batch]
 
 
-def test_payloads_dali_rejects_are_left_out_before_training(tmp_path, caplog):
+def test_payloads_dali_rejects_are_left_out_before_training(record_dir, caplog):
     jpeg = flat_jpeg(200)
-    bad = {3: noise("JPEG")[:scan_start(jpeg) + 600],  # cut inside the scan data
+    bad = {3: noisy("JPEG")[:scan_start(jpeg) + 600],  # cut inside the scan data
            9: jpeg[:-2],  # only the end-of-image marker missing
            17: b"",
            22: np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8).tobytes(),
            35: b"\xff\xd8 not really a jpeg",
            41: jpeg[:scan_start(jpeg) + 20] + bytes(len(jpeg) - scan_start(jpeg) - 20),  # zero-filled tail
-           50: noise("GIF"),
-           63: noise("PNG")[:2000]}
+           50: noisy("GIF"),
+           63: noisy("PNG")[:2000]}
     assert not any(dali_decodes(payload) for payload in bad.values())  # each one would stop DALI
-    write_set(tmp_path, bad)
-    before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    root = record_dir(IDENTITIES, PER_IDENTITY, bad=bad)
+    before = {name: (root / name).read_bytes() for name in os.listdir(root)}
     with caplog.at_level(logging.WARNING):
-        ranks = loaders(tmp_path, batch=4)
+        ranks = loaders(root, batch=4)
     assert [len(loader) for loader in ranks] == [7, 7]  # 56 images, 28 per rank
     seen = epoch(ranks[0], 0) + epoch(ranks[1], 0)
     assert sorted(seen) == [k for k in range(64) if k not in bad]  # every good image once over the shards
     assert [loader.stats for loader in ranks] == [{"skipped_records": len(bad)}] * 2
     assert all(not loader.skipped_keys for loader in ranks)  # found before training, not by the run-time fallback
-    rec = str(tmp_path / "train.rec")
+    rec = str(root / "train.rec")
     for k in bad:
         assert any(f"{rec}: record {k + 1}:" in message for message in caplog.messages)
-    assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
+    assert {name: (root / name).read_bytes() for name in os.listdir(root)} == before
 
 
 def torch_epochs(root, batch, world, epochs):
@@ -141,49 +114,49 @@ def torch_epochs(root, batch, world, epochs):
              for number in range(epochs)] for rank in range(world)]
 
 
-def test_images_dali_fails_on_while_training_are_found_and_skipped(tmp_path, caplog, monkeypatch):
+def test_images_dali_fails_on_while_training_are_found_and_skipped(record_dir, caplog, monkeypatch):
     # 64 images, global batches of 2 x 5: 6 per epoch; the order decides which rank meets which bad image.
     bad = {10: bogus_huffman_table(flat_jpeg(30)), 20: broken_png(2), 40: broken_png(3),
            55: bogus_huffman_table(flat_jpeg(165))}
     for payload in bad.values():
         image_size(payload)  # passes the structural check before training ...
         assert not dali_decodes(payload)  # ... but stops DALI's decoder
-    write_set(tmp_path, bad)
+    root = record_dir(IDENTITIES, PER_IDENTITY, bad=bad)
     with caplog.at_level(logging.WARNING):
-        ranks = loaders(tmp_path, batch=5)
+        ranks = loaders(root, batch=5)
         assert [len(loader) for loader in ranks] == [6, 6]
         first = [[epoch(loader, number) for number in range(2)] for loader in ranks]
     found = sorted({key for loader in ranks for key in loader.skipped_keys})
     assert found == [11, 21, 41, 56]  # keys are ids + 1; a rank finds those it meets in these two epochs
     assert [loader.stats for loader in ranks] == [{"skipped_records": len(loader.skipped_keys)} for loader in ranks]
-    rec = str(tmp_path / "train.rec")
+    rec = str(root / "train.rec")
     assert any(f"record 11 of {rec}" in message for message in caplog.messages)
     # Each sample that failed came as the next image in the index's order, as on the torch loader (which
     # fails on these images too): the same ids in the same order on every rank, batches full.
-    assert first == torch_epochs(tmp_path, 5, 2, 2)
+    assert first == torch_epochs(root, 5, 2, 2)
     assert all(not set(ids) & set(bad) for per_rank in first for ids in per_rank)
 
     # A resumed rank keeps its skipped keys (no new search) and continues mid-epoch with the same batches.
     boundary = ranks[0].state_dict()  # before epoch 2
-    reference = loaders(tmp_path, batch=5)[0]
+    reference = loaders(root, batch=5)[0]
     reference.load_state_dict(boundary)
-    expected = [image_ids(x, y) for x, y in reference]
-    partial = loaders(tmp_path, batch=5)[0]
+    expected = [image_ids(x, y, PER_IDENTITY) for x, y in reference]
+    partial = loaders(root, batch=5)[0]
     partial.load_state_dict(boundary)
     it = iter(partial)
-    head = [image_ids(*next(it)) for _ in range(2)]
-    resumed = loaders(tmp_path, batch=5)[0]
+    head = [image_ids(*next(it), PER_IDENTITY) for _ in range(2)]
+    resumed = loaders(root, batch=5)[0]
     monkeypatch.setattr("fr.data.dali.undecodable_records", None)  # a new search would fail
     resumed.load_state_dict(partial.state_dict())
     assert resumed.skipped_keys == ranks[0].skipped_keys and resumed.stats == ranks[0].stats
-    assert head + [image_ids(x, y) for x, y in resumed] == expected
+    assert head + [image_ids(x, y, PER_IDENTITY) for x, y in resumed] == expected
 
     # A fresh run over the same cache skips them all from the start on every rank, with another world size
     # too, and gives the torch loader's samples.
     for world in (2, 1):
-        fresh = loaders(tmp_path, batch=5, world=world)
+        fresh = loaders(root, batch=5, world=world)
         assert all(sorted(loader.skipped_keys) == [11, 21, 41, 56] for loader in fresh)
-        assert [[epoch(loader, 0)] for loader in fresh] == torch_epochs(tmp_path, 5, world, 1)
+        assert [[epoch(loader, 0)] for loader in fresh] == torch_epochs(root, 5, world, 1)
 
 
 def test_a_damaged_list_of_undecodable_records_costs_a_search_not_the_run(tmp_path, caplog):
@@ -200,34 +173,34 @@ def test_a_damaged_list_of_undecodable_records_costs_a_search_not_the_run(tmp_pa
     assert read_skipped(index) == {3: "b", 7: "a"}
 
 
-def test_dali_search_finds_exactly_the_records_it_cannot_decode(tmp_path):
+def test_dali_search_finds_exactly_the_records_it_cannot_decode(record_dir):
     from fr.data.dali import CHECK_BATCH, undecodable_records
     from fr.data.image_index import build_index, read_index_entries
 
     bad = {0: broken_png(4), CHECK_BATCH - 1: bogus_huffman_table(flat_jpeg(9)), CHECK_BATCH: broken_png(5),
            CHECK_BATCH + 7: bogus_huffman_table(flat_jpeg(10))}
-    write_set(tmp_path, bad, identities=9)  # 72 images: two batches for the search, bad ones at their edges
-    keys, offsets = read_index_entries(build_index(str(tmp_path), cache_dir=str(tmp_path) + "_cache").path)
+    root = record_dir(9, PER_IDENTITY, bad=bad)  # 72 images: two batches for the search, bad ones at their edges
+    keys, offsets = read_index_entries(build_index(str(root), cache_dir=str(root) + "_cache").path)
     entries = list(zip(keys.tolist(), offsets.tolist()))
     assert len(entries) == 72
-    found = undecodable_records(str(tmp_path / "train.rec"), entries, None, 1)
+    found = undecodable_records(str(root / "train.rec"), entries, None, 1)
     assert found == [k + 1 for k in sorted(bad)]
 
 
-def test_the_sample_dalis_error_names_is_skipped_when_a_second_try_decodes_it(tmp_path, monkeypatch):
+def test_the_sample_dalis_error_names_is_skipped_when_a_second_try_decodes_it(record_dir, monkeypatch):
     # DALI's verdict on a few corrupt images differs between runs; then the search finds nothing.
-    write_set(tmp_path, {5: broken_png(1)})
-    loader = loaders(tmp_path, batch=7, world=1)[0]
+    root = record_dir(IDENTITIES, PER_IDENTITY, bad={5: broken_png(1)})
+    loader = loaders(root, batch=7, world=1)[0]
     monkeypatch.setattr("fr.data.dali.undecodable_records", lambda *args: [])
     ids = epoch(loader, 0)
     assert loader.skipped_keys == [6] and 5 not in ids and len(ids) == 63
 
 
-def test_a_dali_failure_no_record_explains_is_an_error_not_a_loop(tmp_path, monkeypatch):
+def test_a_dali_failure_no_record_explains_is_an_error_not_a_loop(record_dir, monkeypatch):
     from fr.data.base import DataError
 
-    write_set(tmp_path, {})
-    loader = loaders(tmp_path, batch=8, world=1)[0]
+    root = record_dir(IDENTITIES, PER_IDENTITY)
+    loader = loaders(root, batch=8, world=1)[0]
 
     def failing_run():
         raise RuntimeError("Critical error in pipeline:\nencountered:\n\nout of host memory\nCurrent pipeline ...")

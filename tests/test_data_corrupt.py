@@ -1,13 +1,10 @@
 """Corrupt data: records with a corrupt header or an undecodable image are skipped and counted; bad
 labels/headers fail early; the structural image check that keeps what DALI cannot decode out of its index."""
-import io
 import os
 import struct
 import zlib
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from fr.config import DataConfig
 from fr.data.base import DataError
@@ -15,20 +12,10 @@ from fr.data.datasets import RecordDataset
 from fr.data.loader import DeviceLoader, build_loader
 from fr.data.recordio import IRHeader, IndexedRecordIO, pack, read_index
 from fr.data.verify import check_record_images, image_size
-from fr.data.writer import InsightfaceRecordWriter
 from fr.distributed import DistEnv
+from tests.helpers.images import encode, flat, noise, png
 
-
-def png(value):
-    buf = io.BytesIO()
-    Image.fromarray(np.full((112, 112, 3), value, np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def write_set(root, payloads_per_identity):
-    with InsightfaceRecordWriter(str(root)) as writer:
-        for payloads in payloads_per_identity:
-            writer.add_identity(payloads)
+PHOTO = noise(0, width=112, height=96)  # a 112x96 image with detail, for the format checks
 
 
 def garble(root, key):
@@ -39,13 +26,13 @@ def garble(root, key):
         fh.write(b"\xde\xad\xbe\xef")
 
 
-def corrupt_set(root):
+@pytest.fixture()
+def corrupt_dir(record_dir):
     """4 identities x 4 images filled with value 10*c + j (a wrong label shows in the pixels); image 12 (key 7)
     is not a JPEG although it starts like one, and record 12 (identity 2, image 3) has a corrupt header."""
-    sets = [[png(10 * c + j) for j in range(4)] for c in range(4)]
-    sets[1][2] = b"\xff\xd8 not really a jpeg"
-    write_set(root, sets)
+    root = record_dir(4, 4, image=lambda k: png(flat(10 * (k // 4) + k % 4)), bad={6: b"\xff\xd8 not really a jpeg"})
     garble(str(root), 12)
+    return root
 
 
 def check_batches(loader, epochs=2):
@@ -63,9 +50,8 @@ def check_batches(loader, epochs=2):
     return seen
 
 
-def test_training_loader_skips_corrupt_and_undecodable_records_and_counts_them(tmp_path, monkeypatch):
-    corrupt_set(tmp_path)
-    loader = build_loader(DataConfig(root=str(tmp_path), batch_size=2, num_workers=2), DistEnv(), seed=0)
+def test_training_loader_skips_corrupt_and_undecodable_records_and_counts_them(corrupt_dir, monkeypatch):
+    loader = build_loader(DataConfig(root=str(corrupt_dir), batch_size=2, num_workers=2), DistEnv(), seed=0)
     # both are found by the cached check of fr.data.image_index before training
     assert len(loader.dataset) == 14 and loader.skipped == 2
     assert check_batches(loader) == 28
@@ -74,13 +60,12 @@ def test_training_loader_skips_corrupt_and_undecodable_records_and_counts_them(t
         raise AssertionError("the record file was scanned again")
 
     monkeypatch.setattr("fr.data.image_index.checked_keys", no_rescan)
-    again = build_loader(DataConfig(root=str(tmp_path), batch_size=2, num_workers=0), DistEnv(), seed=0)
+    again = build_loader(DataConfig(root=str(corrupt_dir), batch_size=2, num_workers=0), DistEnv(), seed=0)
     assert len(again.dataset) == 14 and again.skipped == 2  # from the cache, same answer
 
 
-def test_images_undecodable_at_run_time_are_replaced_and_counted(tmp_path):
-    corrupt_set(tmp_path)
-    dataset = RecordDataset(str(tmp_path))  # no index cache: headers checked, images only when loaded
+def test_images_undecodable_at_run_time_are_replaced_and_counted(corrupt_dir):
+    dataset = RecordDataset(str(corrupt_dir))  # no index cache: headers checked, images only when loaded
     assert len(dataset) == 15 and dataset.skipped == 1
     loader = DeviceLoader(dataset, 2, DistEnv(), num_workers=2, seed=0)
     assert check_batches(loader) == 28
@@ -92,7 +77,7 @@ def test_identity_records_disagreeing_with_header_fail_before_training(tmp_path)
     rec = IndexedRecordIO(str(tmp_path / "train.idx"), str(tmp_path / "train.rec"), "w")
     rec.write_idx(0, pack(IRHeader(2, [4.0, 6.0], 0, 0), b""))
     for key, label in [(1, 0.0), (2, 0.0), (3, 1.0)]:
-        rec.write_idx(key, pack(IRHeader(0, label, key, 0), png(0)))
+        rec.write_idx(key, pack(IRHeader(0, label, key, 0), png(flat(0))))
     rec.write_idx(4, pack(IRHeader(2, [1.0, 3.0], 0, 0), b""))
     rec.write_idx(5, pack(IRHeader(2, [2.0, 4.0], 0, 0), b""))  # overlaps identity 0
     rec.close()
@@ -100,48 +85,40 @@ def test_identity_records_disagreeing_with_header_fail_before_training(tmp_path)
         RecordDataset(str(tmp_path))
 
 
-def test_every_record_unreadable_is_an_error_not_a_hang(tmp_path):
-    write_set(tmp_path, [[b"junk", b"junk"]])
-    dataset = RecordDataset(str(tmp_path))
+def test_every_record_unreadable_is_an_error_not_a_hang(record_dir):
+    dataset = RecordDataset(str(record_dir(1, 2, image=lambda k: b"junk")))
     with pytest.raises(DataError, match="consecutive records .* unreadable"):
         dataset.load(0)
-
-
-def encoded(fmt, size=(112, 96), mode="RGB"):
-    buf = io.BytesIO()
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-    image.convert(mode).save(buf, format=fmt)
-    return buf.getvalue()
 
 
 @pytest.mark.parametrize("fmt,mode", [("JPEG", "RGB"), ("JPEG", "L"), ("JPEG", "CMYK"), ("PNG", "RGB"),
                                       ("BMP", "RGB"), ("TIFF", "RGB"), ("WEBP", "RGB"), ("PPM", "RGB")])
 def test_image_check_reads_sizes_of_formats_dali_decodes(fmt, mode):
-    assert image_size(encoded(fmt, mode=mode)) == (112, 96)
+    assert image_size(encode(PHOTO, fmt, mode=mode)) == (112, 96)
 
 
 def png_claiming(width, height):
     """A PNG whose header announces another size (its header checksum recomputed, so only the size is off)."""
-    data = bytearray(encoded("PNG"))
+    data = bytearray(encode(PHOTO, "PNG"))
     data[16:24] = struct.pack(">II", width, height)
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
     return bytes(data)
 
 
 def test_image_check_rejects_what_stops_dalis_decoder():
-    jpeg = encoded("JPEG")
+    jpeg = encode(PHOTO, "JPEG")
     scan = jpeg.index(b"\xff\xda")
     frame = jpeg.index(b"\xff\xc0") + 5  # height and width in the frame header
     cases = [
         (b"", "empty"),
         (bytes(300), "not an image format"),
-        (encoded("GIF"), "not an image format"),
+        (encode(PHOTO, "GIF"), "not an image format"),
         (jpeg[:scan + (len(jpeg) - scan) // 2], "no end-of-image marker"),  # cut in the scan data
         (jpeg[:-2], "no end-of-image marker"),
         (jpeg[:scan + 40] + bytes(len(jpeg) - scan - 40), "no end-of-image marker"),  # zero-filled tail
         (jpeg[:scan - 100], "jpeg: "),  # cut in the header
         (jpeg[:frame] + b"\xea\x60\xea\x60" + jpeg[frame + 4:], "header gives a 60000x60000 image"),
-        (encoded("PNG")[:3000], "no IEND chunk"),
+        (encode(PHOTO, "PNG")[:3000], "no IEND chunk"),
         (png_claiming(60000, 60000), "png: "),
     ]
     for payload, expected in cases:
@@ -151,13 +128,13 @@ def test_image_check_rejects_what_stops_dalis_decoder():
 
 def with_thumbnail(jpeg):
     """`jpeg` with an APP1 segment holding a whole small JPEG, as EXIF thumbnails do (SOS and EOI included)."""
-    thumbnail = encoded("JPEG", size=(16, 16))
+    thumbnail = encode(noise(0, 16), "JPEG")
     body = b"Exif\0\0" + thumbnail
     return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + jpeg[2:]
 
 
 def test_image_check_is_not_fooled_by_an_embedded_thumbnail():
-    photo = with_thumbnail(encoded("JPEG"))
+    photo = with_thumbnail(encode(PHOTO, "JPEG"))
     assert image_size(photo) == (112, 96)
     thumbnail_end = photo.index(b"\xff\xd9") + 2  # the thumbnail's end-of-image marker comes first
     main_scan = photo.index(b"\xff\xda", thumbnail_end)
@@ -166,15 +143,15 @@ def test_image_check_is_not_fooled_by_an_embedded_thumbnail():
             image_size(photo[:cut])
 
 
-def test_image_check_leaves_out_a_record_whose_length_runs_into_the_next(tmp_path):
-    write_set(tmp_path, [[encoded("JPEG") for _ in range(3)]])
-    offset = read_index(os.path.join(tmp_path, "train.idx"))[2]
-    with open(tmp_path / "train.rec", "r+b") as fh:  # record 2 announces 16 more bytes than it holds
+def test_image_check_leaves_out_a_record_whose_length_runs_into_the_next(record_dir):
+    root = record_dir(1, 3, image=lambda k: encode(PHOTO, "JPEG"))
+    offset = read_index(os.path.join(root, "train.idx"))[2]
+    with open(root / "train.rec", "r+b") as fh:  # record 2 announces 16 more bytes than it holds
         fh.seek(offset + 4)
         length = struct.unpack("<I", fh.read(4))[0]
         fh.seek(offset + 4)
         fh.write(struct.pack("<I", length + 16))
-    with IndexedRecordIO(str(tmp_path / "train.idx"), str(tmp_path / "train.rec"), "r") as record:
+    with IndexedRecordIO(str(root / "train.idx"), str(root / "train.rec"), "r") as record:
         result = check_record_images(record, [1, 2, 3])
     assert result.keys == [1, 3] and dict(result.sizes) == {(112, 96): 2}
     assert "record 2: record announces" in result.skipped[2]

@@ -172,23 +172,15 @@ def test_stale_staging_of_a_dead_fr_process_is_cleaned_other_lookalikes_refused(
     assert (lookalike / "photos").is_dir()
 
 
-@pytest.fixture()
-def record_dir(tmp_path):
-    root = tmp_path / "records"
-    with InsightfaceRecordWriter(str(root)) as writer:
-        for c in range(2):
-            writer.add_identity([bytes([c, j]) * 50 for j in range(3)])
-    return root
-
-
 @pytest.mark.parametrize("where", ["link", "inside", "holds"])
 def test_shuffle_refuses_an_output_that_resolves_into_its_source(record_dir, tmp_path, capsys, where):
+    source = record_dir(2, 3, image=lambda k: bytes([k // 3, k % 3]) * 50, root=tmp_path / "records")
     link = tmp_path / "link"
-    link.symlink_to(record_dir, target_is_directory=True)
+    link.symlink_to(source, target_is_directory=True)
     out = {"link": link, "inside": link / "shuffled", "holds": tmp_path}[where]
     before = snapshot(tmp_path)
-    assert data_main(["shuffle", str(record_dir), "--out", str(out), "--quiet"]) == 2
-    assert os.path.realpath(record_dir) in error_line(capsys)
+    assert data_main(["shuffle", str(source), "--out", str(out), "--quiet"]) == 2
+    assert os.path.realpath(source) in error_line(capsys)
     assert snapshot(tmp_path) == before
 
 

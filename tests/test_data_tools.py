@@ -1,5 +1,4 @@
 """fr-data info / verify / pack / shuffle, checked against the images and labels that went in."""
-import io
 import json
 
 import numpy as np
@@ -11,12 +10,7 @@ from fr.data.datasets import RecordDataset
 from fr.data.pack import random_image
 from fr.data.recordio import IRHeader, IndexedRecordIO, pack, read_index, unpack, unpack_img
 from fr.data.writer import InsightfaceRecordWriter
-
-
-def jpeg(value, size=112):
-    buf = io.BytesIO()
-    Image.fromarray(np.full((size, size, 3), value, np.uint8)).save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
+from tests.helpers.images import flat, jpeg
 
 
 @pytest.fixture()
@@ -24,7 +18,7 @@ def good_dir(tmp_path):
     root = tmp_path / "good"
     with InsightfaceRecordWriter(str(root)) as writer:
         for c in range(3):
-            writer.add_identity([jpeg(40 * c + 10 * j) for j in range(c + 2)])  # 2, 3, 4 images
+            writer.add_identity([jpeg(flat(40 * c + 10 * j)) for j in range(c + 2)])  # 2, 3, 4 images
     return root
 
 
@@ -50,11 +44,12 @@ def test_verify_reports_every_kind_of_damage(tmp_path, capsys):
     root.mkdir()
     rec = IndexedRecordIO(str(root / "train.idx"), str(root / "train.rec"), "w")
     rec.write_idx(0, pack(IRHeader(2, [6.0, 8.0], 0, 0), b""))
-    rec.write_idx(1, pack(IRHeader(0, 0.0, 1, 0), jpeg(0)))
-    rec.write_idx(2, pack(IRHeader(0, 7.0, 2, 0), jpeg(0)))          # label outside [0, 2)
+    black = jpeg(flat(0))
+    rec.write_idx(1, pack(IRHeader(0, 0.0, 1, 0), black))
+    rec.write_idx(2, pack(IRHeader(0, 7.0, 2, 0), black))            # label outside [0, 2)
     rec.write_idx(3, pack(IRHeader(0, 1.0, 3, 0), b"\xff\xd8junk"))  # undecodable
-    rec.write_idx(4, pack(IRHeader(0, 1.0, 4, 0), jpeg(0)))          # magic overwritten below
-    rec.write_idx(5, pack(IRHeader(0, 1.0, 5, 0), jpeg(0)))
+    rec.write_idx(4, pack(IRHeader(0, 1.0, 4, 0), black))            # magic overwritten below
+    rec.write_idx(5, pack(IRHeader(0, 1.0, 5, 0), black))
     rec.write_idx(6, pack(IRHeader(2, [1.0, 3.0], 0, 0), b""))
     rec.write_idx(7, pack(IRHeader(2, [4.0, 6.0], 0, 0), b""))       # should start at 3
     rec.close()

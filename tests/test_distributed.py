@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from dist_utils import free_port, run_distributed
 
 from fr.distributed import (
     all_gather_with_grad,
@@ -80,7 +79,7 @@ def test_backward_choice_by_backend():
     assert gather_backward_for("mpi") is gather_backward_all_reduce  # unknown: the all-reduce works everywhere
 
 
-def test_reduce_scatter_and_all_reduce_backwards_match_dense_gradient():
+def test_reduce_scatter_and_all_reduce_backwards_match_dense_gradient(run_distributed):
     world_size = 3  # odd, so a mixed-up slice cannot cancel out
     results = run_distributed(_both_backwards, world_size)
     _check_against_reference(results, world_size, ("all_reduce", "default"))
@@ -106,10 +105,10 @@ def _nccl_worker(rank, world_size, port, out_dir):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
                     reason="the NCCL reduce-scatter path needs 2 CUDA GPUs")
-def test_nccl_reduce_scatter_backward_matches_all_reduce():
+def test_nccl_reduce_scatter_backward_matches_all_reduce(free_port):
     world_size = 2
     with tempfile.TemporaryDirectory(prefix="fr_nccl_") as out_dir:
-        mp.spawn(_nccl_worker, args=(world_size, free_port(), out_dir), nprocs=world_size, join=True)
+        mp.spawn(_nccl_worker, args=(world_size, free_port, out_dir), nprocs=world_size, join=True)
         results = [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(world_size)]
     assert all(result["default_is_reduce_scatter"] for result in results)
     _check_against_reference(results, world_size, ("all_reduce", "reduce_scatter"))

@@ -6,25 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from onnx_export import export_onnx
-
 from evaluation.bin_format import encode_png, write_bin
 from evaluation.verification import evaluate
 from fr.cli.eval import main as eval_main
-from fr.config import Config, save_config
-from fr.models import build_backbone
 
 
 @pytest.fixture()
-def run_dir(tmp_path):
-    torch.manual_seed(0)
-    cfg = Config()
-    cfg.data.root = str(tmp_path)
-    cfg.model.backbone, cfg.model.embedding_size = "iresnet18", 32
-    cfg.model.kwargs = {"width": 8, "stem_stride": 2}
-    model = build_backbone("iresnet18", num_features=32, width=8, stem_stride=2).eval()
-    save_config(cfg, str(tmp_path / "config.json"))
-    torch.save(model.state_dict(), tmp_path / "model.pt")
+def run_dir(tmp_path, tiny_checkpoint):
+    model = tiny_checkpoint(tmp_path, 32, data_root=tmp_path)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (40, 112, 112, 3), dtype=np.uint8)
     issame = [bool(i % 2) for i in range(20)]
@@ -86,7 +75,7 @@ def test_verify_data_dir_targets(run_dir, capsys):
     assert "--data-dir" in capsys.readouterr().err
 
 
-def test_onnx_model_gives_the_pytorch_accuracy(run_dir):
+def test_onnx_model_gives_the_pytorch_accuracy(run_dir, export_onnx):
     pytest.importorskip("onnxruntime")
 
     path, model, *_ = run_dir

@@ -23,9 +23,7 @@ from evaluation.identification import search
 from evaluation.metrics import NonFiniteError, roc_curve
 from evaluation.verification import evaluate
 from fr.cli.eval import main as eval_main
-from fr.config import Config, save_config
 from fr.distributed import DistEnv
-from fr.models import build_backbone
 from fr.train.checkpoint import FORMAT, MANIFEST, load_rank_state, rank_file
 from fr.train.model_file import CheckpointError, load_backbone, load_state_dict_file
 
@@ -68,16 +66,10 @@ def pixels(n, seed=0):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, tiny_checkpoint):
     """A run directory with a tiny iresnet18 checkpoint and its config.json."""
     path = tmp_path_factory.mktemp("run")
-    torch.manual_seed(0)
-    cfg = Config()
-    cfg.model.backbone, cfg.model.embedding_size = "iresnet18", EMBEDDING
-    cfg.model.kwargs = {"width": 8, "stem_stride": 2}
-    save_config(cfg, str(path / "config.json"))
-    model = build_backbone("iresnet18", num_features=EMBEDDING, width=8, stem_stride=2).eval()
-    torch.save(model.state_dict(), path / "model.pt")
+    tiny_checkpoint(path, EMBEDDING)
     return path
 
 

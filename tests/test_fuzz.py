@@ -1,10 +1,9 @@
 """Seeded fuzz of every reader of user files: mutated record files and `.bin` files give a result or fr's own
 one-line error (evaluation.errors.UserInputError), never another exception, a hang, or a changed input file.
 
-`python tests/test_fuzz.py` runs the same cases and prints the figures recorded in docs/reliability.md.
+`python -m tests.test_fuzz` runs the same cases and prints the figures recorded in docs/reliability.md.
 """
 import hashlib
-import io
 import json
 import shutil
 import signal
@@ -14,7 +13,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from evaluation.bin_format import load_bin, write_bin
 from evaluation.errors import UserInputError
@@ -23,7 +21,8 @@ from fr.data.decode import get_decoder
 from fr.data.image_index import build_index, read_index_keys
 from fr.data.recordio import RecordIOError, read_index
 from fr.data.verify import verify_dir
-from fr.data.writer import InsightfaceRecordWriter
+from tests.helpers.images import encode, noise
+from tests.helpers.records import write_record_set
 
 SEED = 2024
 RECORD_CASES = 500  # each runs three readers over the record set (~13 ms); a .bin case is one reader (~3 ms)
@@ -36,18 +35,12 @@ class Hang(BaseException):
     """Raised by the alarm; a BaseException, so that no reader's `except Exception` can swallow it."""
 
 
-def encoded(rng, fmt):
-    image = Image.fromarray(rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8))
-    buf = io.BytesIO()
-    image.save(buf, format=fmt)
-    return buf.getvalue()
-
-
 def record_set(root, rng):
     """A small insightface-layout set, JPEG and PNG images mixed; returns the .rec and .idx bytes."""
-    with InsightfaceRecordWriter(str(root)) as writer:
-        for c in range(IDENTITIES):
-            writer.add_identity([encoded(rng, "JPEG" if (c + j) % 2 else "PNG") for j in range(PER_IDENTITY)])
+    def image(k):
+        return encode(noise(rng, SIDE), "JPEG" if (k // PER_IDENTITY + k % PER_IDENTITY) % 2 else "PNG")
+
+    write_record_set(root, IDENTITIES, PER_IDENTITY, image)
     return (root / "train.rec").read_bytes(), (root / "train.idx").read_bytes()
 
 
@@ -135,7 +128,7 @@ def run_fuzz(tmp, seed=SEED, record_cases=RECORD_CASES, bin_cases=BIN_CASES):
     rec, idx = record_set(source, rng)
     headers = [(offset, offset + 8 + 24 + 8) for offset in read_index(str(source / "train.idx")).values()]
     decode = get_decoder("auto")
-    pairs = [encoded(rng, "JPEG" if i % 3 else "PNG") for i in range(8)]
+    pairs = [encode(noise(rng, SIDE), "JPEG" if i % 3 else "PNG") for i in range(8)]
     write_bin(str(source / "set.bin"), pairs, [True, False, True, False])
     bin_bytes = (source / "set.bin").read_bytes()
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dense_check import B_PER_RANK, D, EXACT_SETUPS, SAMPLED_CLASSES, SAMPLED_LABELS, check_against_dense
-from dist_utils import run_distributed
 from fr.distributed import DistEnv, env_from_group
 from fr.heads import (ArcFace, CosFace, DistributedSoftmaxCrossEntropy, PartialFC, build_loss,
                       dist_softmax_cross_entropy, register_loss, shard_range)
+from tests.helpers.partial_fc import (B_PER_RANK, D, EXACT_SETUPS, SAMPLED_CLASSES, SAMPLED_LABELS,
+                                      check_against_dense, head_cases, results_per_rank, run_head)
 
 MARGINS = {"arcface": {"s": 64.0, "m": 0.5}, "cosface": {"s": 64.0, "m": 0.4}}
 
@@ -42,40 +42,20 @@ def dense_reference(embeddings, weight, labels, name):
 
 # ----------------------------------------------------------------------------- workers (module level: picklable)
 
-def _run_case(rank, world_size, name, num_classes, labels, sample_rate, seed=0, steps=1):
-    env = env_from_group()
-    gen = torch.Generator().manual_seed(1000 + rank)
-    emb = torch.randn(B_PER_RANK, D, generator=gen, requires_grad=True)
-    head = PartialFC(build_loss(name, **MARGINS[name]), D, num_classes, sample_rate=sample_rate, env=env, seed=seed)
-    weight = head.weight.detach().clone()
-    local_labels = torch.tensor(labels[rank * B_PER_RANK:(rank + 1) * B_PER_RANK])
-    for _ in range(steps):
-        emb.grad = None
-        head.weight.grad = None
-        loss = head(emb, local_labels)
-        loss.backward()
-    return {"loss": loss.item(), "emb": emb.detach(), "emb_grad": emb.grad, "weight": weight,
-            "weight_grad": head.weight.grad, "class_start": head.class_start, "num_local": head.num_local,
-            "num_sample": head.num_sample, "sampled": head.last_sampled.clone(), "state": head.state_dict()}
-
-
-def _cases(world_size):
-    num_classes, labels = EXACT_SETUPS[world_size]
-    cases = [(name, num_classes, labels, 1.0) for name in MARGINS]
-    cases += [(name, SAMPLED_CLASSES, SAMPLED_LABELS[:world_size * B_PER_RANK], 0.3) for name in MARGINS]
-    return cases
+def _run_case(rank, name, num_classes, labels, sample_rate, seed=0, steps=1):
+    return run_head(rank, build_loss(name, **MARGINS[name]), num_classes, labels, sample_rate, steps=steps, seed=seed)
 
 
 def _worker_cases(rank, world_size):
-    return [_run_case(rank, world_size, *case) for case in _cases(world_size)]
+    return [_run_case(rank, *case) for case in head_cases(MARGINS, world_size)]
 
 
 def _worker_sampling(rank, world_size):
     labels = SAMPLED_LABELS[:world_size * B_PER_RANK]
-    first = _run_case(rank, world_size, "cosface", SAMPLED_CLASSES, labels, 0.3, seed=5)
-    again = _run_case(rank, world_size, "cosface", SAMPLED_CLASSES, labels, 0.3, seed=5)
-    other_seed = _run_case(rank, world_size, "cosface", SAMPLED_CLASSES, labels, 0.3, seed=6)
-    second_step = _run_case(rank, world_size, "cosface", SAMPLED_CLASSES, labels, 0.3, seed=5, steps=2)
+    first = _run_case(rank, "cosface", SAMPLED_CLASSES, labels, 0.3, seed=5)
+    again = _run_case(rank, "cosface", SAMPLED_CLASSES, labels, 0.3, seed=5)
+    other_seed = _run_case(rank, "cosface", SAMPLED_CLASSES, labels, 0.3, seed=6)
+    second_step = _run_case(rank, "cosface", SAMPLED_CLASSES, labels, 0.3, seed=5, steps=2)
     # A fresh head that loads the state after one step must draw what the original draws at step two.
     env = env_from_group()
     resumed = PartialFC(CosFace(), D, SAMPLED_CLASSES, sample_rate=0.3, env=env, seed=5)
@@ -127,16 +107,13 @@ def _check_against_dense(results, labels, name, where):
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])
 def test_partial_fc_matches_dense_reference(world_size):
-    if world_size == 1:
-        results = [_worker_cases(0, 1)]
-    else:
-        results = run_distributed(_worker_cases, world_size)
+    results = results_per_rank(_worker_cases, world_size)
     shards = [(r[0]["class_start"], r[0]["num_local"]) for r in results]
     num_classes = EXACT_SETUPS[world_size][0]
     assert shards == [shard_range(num_classes, world_size, rank) for rank in range(world_size)]
     if world_size == 3:
         assert [n for _, n in shards] == [4, 3, 3]
-    for index, (name, _, labels, rate) in enumerate(_cases(world_size)):
+    for index, (name, _, labels, rate) in enumerate(head_cases(MARGINS, world_size)):
         per_rank = [r[index] for r in results]
         if rate < 1:
             # the sampled cases must really drop classes on some rank
@@ -149,7 +126,7 @@ def test_partial_fc_matches_dense_reference(world_size):
 
 
 @pytest.fixture(scope="module")
-def two_rank_misc():
+def two_rank_misc(run_distributed):
     return run_distributed(_worker_misc, 2)
 
 

@@ -7,10 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dense_check import B_PER_RANK, D, EXACT_SETUPS, SAMPLED_CLASSES, SAMPLED_LABELS, check_against_dense
-from dist_utils import run_distributed
-from fr.distributed import env_from_group
 from fr.heads import MarginContext, PartialFC, build_loss
+from tests.helpers.partial_fc import B_PER_RANK, check_against_dense, head_cases, results_per_rank, run_head
 
 EMB_SCALE = 20.0  # norms around 55: inside MagFace's [10, 110] and away from AdaFace's initial mean
 # case id -> (loss name, loss params, PartialFC keywords)
@@ -100,44 +98,19 @@ def dense_reference(case, embeddings, weight, labels, out):
 
 # ----------------------------------------------------------------------------- workers
 
-def _run_case(rank, world_size, case, num_classes, labels, sample_rate):
+def _run_case(rank, case, num_classes, labels, sample_rate):
     name, params, head_kw = LOSS_CASES[case]
-    env = env_from_group()
-    gen = torch.Generator().manual_seed(1000 + rank)
-    emb = (torch.randn(B_PER_RANK, D, generator=gen) * EMB_SCALE).requires_grad_(True)
-    loss_fn = build_loss(name, **params)
-    head = PartialFC(loss_fn, D, num_classes, sample_rate=sample_rate, env=env, **head_kw)
-    weight = head.weight.detach().clone()
-    loss = head(emb, torch.tensor(labels[rank * B_PER_RANK:(rank + 1) * B_PER_RANK]))
-    loss.backward()
-    if head.update == "sparse":
-        assert head.weight.grad is None
-        index, rows_grad = head.take_sparse_grads()
-        weight_grad = torch.zeros_like(weight).index_copy_(0, index, rows_grad)
-    else:
-        weight_grad = head.weight.grad
-    return {"loss": loss.item(), "emb": emb.detach(), "emb_grad": emb.grad, "weight": weight,
-            "weight_grad": weight_grad, "class_start": head.class_start, "num_local": head.num_local,
-            "sampled": head.last_sampled.clone(), "margins": getattr(loss_fn, "last_margins", None),
-            "buffers": {k: v.clone() for k, v in loss_fn.named_buffers()},
-            "stats": getattr(loss_fn, "last_stats", None)}
-
-
-def _cases(world_size):
-    num_classes, labels = EXACT_SETUPS[world_size]
-    cases = [(case, num_classes, labels, 1.0) for case in LOSS_CASES]
-    return cases + [(case, SAMPLED_CLASSES, SAMPLED_LABELS[:world_size * B_PER_RANK], 0.3) for case in LOSS_CASES]
+    return run_head(rank, build_loss(name, **params), num_classes, labels, sample_rate, emb_scale=EMB_SCALE, **head_kw)
 
 
 def _worker_cases(rank, world_size):
-    return [_run_case(rank, world_size, *case) for case in _cases(world_size)]
+    return [_run_case(rank, *case) for case in head_cases(LOSS_CASES, world_size)]
 
 
 @pytest.fixture(scope="module", params=[1, 2, 3])
 def results(request):
     world_size = request.param
-    per_rank = [_worker_cases(0, 1)] if world_size == 1 else run_distributed(_worker_cases, world_size)
-    return world_size, per_rank
+    return world_size, results_per_rank(_worker_cases, world_size)
 
 
 def _check_against_dense(per_rank, case, labels, where):
@@ -147,14 +120,14 @@ def _check_against_dense(per_rank, case, labels, where):
 
 def test_every_loss_matches_dense_reference(results):
     world_size, per_rank = results
-    for index, (case, _, labels, rate) in enumerate(_cases(world_size)):
+    for index, (case, _, labels, rate) in enumerate(head_cases(LOSS_CASES, world_size)):
         _check_against_dense([r[index] for r in per_rank], case, labels,
                              f"{case} world={world_size} sample_rate={rate}")
 
 
 def test_statistics_and_draws_identical_on_every_rank(results):
     world_size, per_rank = results
-    for index, (case, _, _, rate) in enumerate(_cases(world_size)):
+    for index, (case, _, _, rate) in enumerate(head_cases(LOSS_CASES, world_size)):
         first = per_rank[0][index]
         for r in per_rank[1:]:
             for key, value in first["buffers"].items():
@@ -170,7 +143,7 @@ def test_statistics_and_draws_identical_on_every_rank(results):
 
 def test_elastic_plus_margins_fall_as_target_cos_rises(results):
     world_size, per_rank = results
-    for index, (case, num_classes, labels, rate) in enumerate(_cases(world_size)):
+    for index, (case, num_classes, labels, rate) in enumerate(head_cases(LOSS_CASES, world_size)):
         if not case.endswith("_plus"):
             continue
         rs = [r[index] for r in per_rank]
@@ -185,7 +158,7 @@ def test_elastic_plus_margins_fall_as_target_cos_rises(results):
 
 def test_sface_stats(results):
     world_size, per_rank = results
-    for index, (case, _, labels, rate) in enumerate(_cases(world_size)):
+    for index, (case, _, labels, rate) in enumerate(head_cases(LOSS_CASES, world_size)):
         if case != "sface":
             continue
         stats = per_rank[0][index]["stats"]

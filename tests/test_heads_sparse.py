@@ -84,24 +84,20 @@ def test_sparse_optimizer_configuration_errors():
         SparseRowSGD(other.parameters(), [head], lr=0.1)
 
 
-def test_training_run_with_sparse_update_and_a_new_loss(tmp_path):
+def test_training_run_with_sparse_update_and_a_new_loss(tmp_path, tiny_run):
     """fr-train end to end with partial_fc.update=sparse and a loss chosen by name from the config."""
     import json
     import os
 
     from fr.cli.train import main as train_main
 
-    recipe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "synthetic.py")
     out_dir = str(tmp_path / "run")
-    values = {
-        "data.root": str(tmp_path / "data"), "data.synth.identities": 16, "data.synth.per_identity": 4,
-        "data.synth.holdout_identities": 12, "data.synth.pairs": 20, "data.synth.workers": 1,
-        "data.batch_size": 16, "data.num_workers": 0, "model.kwargs": '{"width": 16, "stem_stride": 2}',
+    settings = {
         "model.embedding_size": 32, "train.max_steps": 3, "train.log_every": 1, "eval.every": 0,
-        "eval.at_start": "false", "output.dir": out_dir, "output.tensorboard": "false",
+        "eval.at_start": "false", "output.tensorboard": "false",
         "loss.name": "elastic_arc", "loss.params": '{"plus": true}', "partial_fc.sample_rate": 0.5,
         "partial_fc.update": "sparse",
     }
-    assert train_main([recipe] + [f"{k}={v}" for k, v in values.items()]) == 0
+    assert train_main(tiny_run.argv(out_dir, **settings)) == 0
     results = json.load(open(os.path.join(out_dir, "results.json")))
     assert results["steps"] == 3

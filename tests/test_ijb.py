@@ -5,16 +5,13 @@ import os
 import numpy as np
 import pytest
 import torch
-
-from onnx_export import export_onnx
 from PIL import Image
 
 from evaluation.align import ARCFACE_TEMPLATE, align_face, warp_affine
 from evaluation.ijb import load_meta
 from fr.cli.eval import main as eval_main
-from fr.config import Config, save_config
-from fr.models import build_backbone
 from fr.synth.render import render_identity_images
+from tests.helpers.geometry import apply_affine, similarity_matrix
 
 sk_metrics = pytest.importorskip("sklearn.metrics")
 
@@ -23,15 +20,13 @@ TEMPLATES_PER_SUBJECT = 3
 G1, G2 = (0, 1, 2, 3), (2, 3, 4, 5)  # subjects enrolled in each gallery (first template of each)
 
 
-def _similarity(rng):
-    t = np.deg2rad(rng.uniform(-30, 30))
-    s = rng.uniform(0.8, 1.5)
-    return np.array([[s * np.cos(t), -s * np.sin(t), rng.uniform(10, 40)],
-                     [s * np.sin(t), s * np.cos(t), rng.uniform(10, 40)]])
+def _random_similarity(rng):
+    degrees, scale = rng.uniform(-30, 30), rng.uniform(0.8, 1.5)
+    return similarity_matrix(scale, degrees, rng.uniform(10, 40), rng.uniform(10, 40))
 
 
 @pytest.fixture(scope="module")
-def layout(tmp_path_factory):
+def layout(tmp_path_factory, tiny_checkpoint):
     """ROOT/IJBC with meta files, loose_crop/ images (faces warped onto a larger canvas) and a tiny model."""
     root = tmp_path_factory.mktemp("ijb")
     base = root / "IJBC"
@@ -50,9 +45,9 @@ def layout(tmp_path_factory):
                 for _ in range(int(rng.integers(1, 3))):  # 1-2 frames per media
                     image_no += 1
                     name = f"{image_no}.png"
-                    known = _similarity(rng)
+                    known = _random_similarity(rng)
                     Image.fromarray(warp_affine(next(faces), known, (200, 190))).save(base / "loose_crop" / name)
-                    pts = ARCFACE_TEMPLATE @ known[:, :2].T + known[:, 2]
+                    pts = apply_affine(known, ARCFACE_TEMPLATE)
                     score = rng.uniform(0.5, 1.0)
                     tid_rows.append(f"{name} {template} {media_no}")
                     lmk_rows.append(f"{name} " + " ".join(f"{v:.4f}" for v in pts.ravel()) + f" {score:.4f}")
@@ -67,15 +62,9 @@ def layout(tmp_path_factory):
     probes = [f"{t},{subject_of[t]},y.jpg" for t in templates if t % 10 != 0]
     (base / "meta" / "ijbc_1N_probe_mixed.csv").write_text("TEMPLATE_ID,SUBJECT_ID,FILENAME\n" + "\n".join(probes))
 
-    torch.manual_seed(0)
     run = root / "run"
     run.mkdir()
-    cfg = Config()
-    cfg.model.backbone, cfg.model.embedding_size = "iresnet18", 16
-    cfg.model.kwargs = {"width": 8, "stem_stride": 2}
-    model = build_backbone("iresnet18", num_features=16, width=8, stem_stride=2).eval()
-    save_config(cfg, str(run / "config.json"))
-    torch.save(model.state_dict(), run / "model.pt")
+    model = tiny_checkpoint(run, 16)
     return root, run, model, subject_of, pairs
 
 
@@ -330,7 +319,7 @@ def test_pair_file_parsing_and_errors(tmp_path):
             read_pairs(str(path))
 
 
-def test_ijb_with_an_onnx_model_matches_pytorch(layout, tmp_path):
+def test_ijb_with_an_onnx_model_matches_pytorch(layout, tmp_path, export_onnx):
     pytest.importorskip("onnxruntime")
 
     root, run, model, *_ = layout

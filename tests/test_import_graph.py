@@ -9,7 +9,8 @@ from typing import Dict, Iterator, List, Set, Tuple
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
+
 PACKAGES = ("fr", "evaluation")
 
 Graph = Dict[str, Set[str]]

@@ -1,13 +1,11 @@
 """Record labels that name no class (fractional, negative, NaN, infinite, out of range) are reported by
 `fr-data verify` and skipped and counted by training; each skipped record is counted once."""
-import io
 import json
 import logging
 import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from fr.cli.data import main as data_main
 from fr.data.base import DataError
@@ -15,6 +13,7 @@ from fr.data.datasets import RecordDataset
 from fr.data.loader import DeviceLoader
 from fr.data.recordio import IRHeader, IndexedRecordIO, pack
 from fr.distributed import DistEnv
+from tests.helpers.images import flat, png
 
 C, PER_CLASS = 3, 3
 # key -> (stored label, what fr-data verify must say); identity c holds keys 3c+1 .. 3c+3 with label c.
@@ -27,13 +26,11 @@ BAD = {2: (-0.5, "has label -0.5, not a whole number"),
 GOOD = [1, 3, 5]
 
 
-def png(value):
-    buf = io.BytesIO()
-    Image.fromarray(np.full((16, 16, 3), value, np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
+def grey(value):
+    return png(flat(value, side=16))
 
 
-def write_insightface(root, label_of_key, payload_of_key=lambda key: png(40 * ((key - 1) // PER_CLASS))):
+def write_insightface(root, label_of_key, payload_of_key=lambda key: grey(40 * ((key - 1) // PER_CLASS))):
     """Header [N+1, N+1+C], images 1..N (class c's pixels are 40c), identity records [start, end)."""
     os.makedirs(root, exist_ok=True)
     n = C * PER_CLASS
@@ -112,7 +109,7 @@ def test_bad_labels_met_while_training_are_skipped_and_counted_once(tmp_path):
 def test_a_bad_record_replaced_by_another_bad_one_counts_once(tmp_path):
     # Keys 3 and 4 cannot be decoded: the sample of key 3 is replaced by key 4 (bad too), then key 5.
     write_insightface(tmp_path, lambda key: float((key - 1) // PER_CLASS),
-                      lambda key: b"not an image" if key in (3, 4) else png(40 * ((key - 1) // PER_CLASS)))
+                      lambda key: b"not an image" if key in (3, 4) else grey(40 * ((key - 1) // PER_CLASS)))
     dataset = RecordDataset(str(tmp_path), flip=False)
     assert dataset.skipped == 0 and len(dataset) == 9
     _, label, skipped = dataset.load(dataset.keys.index(3))
@@ -129,7 +126,7 @@ def test_a_bad_record_replaced_by_another_bad_one_counts_once(tmp_path):
 def write_plain(root, labels):
     rec = IndexedRecordIO(os.path.join(root, "train.idx"), os.path.join(root, "train.rec"), "w")
     for key, label in enumerate(labels):
-        rec.write_idx(key, pack(IRHeader(0, label, key, 0), png(40 * int(label) if label in (0, 1, 2) else 0)))
+        rec.write_idx(key, pack(IRHeader(0, label, key, 0), grey(40 * int(label) if label in (0, 1, 2) else 0)))
     rec.close()
 
 

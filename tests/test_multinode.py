@@ -8,20 +8,16 @@ import sys
 import time
 
 import pytest
-from dist_utils import free_port
-from tiny_run import RECIPE, ROOT, tiny_overrides
 
-from fr.config import load_config
 from fr.synth.dataset import ensure_synthetic
+from tests.helpers import ROOT
 
 LAUNCH = os.path.join(ROOT, "launch")
 TIMEOUT_S = 240
 
 
-def _overrides(data_dir, out_dir):
-    # 4 ranks x 8 images a step over 128 images; one evaluation, at the end
-    return tiny_overrides(data_dir, out_dir, **{"data.batch_size": 8, "train.max_steps": 3, "eval.every": 0,
-                                                "eval.at_start": "false"})
+# 4 ranks x 8 images a step over 128 images; one evaluation, at the end
+SETTINGS = {"data.batch_size": 8, "train.max_steps": 3, "eval.every": 0, "eval.at_start": "false"}
 
 
 def _stop(proc):
@@ -32,20 +28,19 @@ def _stop(proc):
 
 
 @pytest.mark.parametrize("rendezvous", ["static", "c10d"])
-def test_two_nodes_of_two_ranks_over_loopback(tmp_path, rendezvous):
+def test_two_nodes_of_two_ranks_over_loopback(tmp_path, rendezvous, tiny_run, free_port):
     """static: node ranks and a master address as given; c10d: the rendezvous assigns them (RDZV_ENDPOINT)."""
-    data_dir, out_dir = str(tmp_path / "data"), str(tmp_path / "run")
-    overrides = _overrides(data_dir, out_dir)
-    ensure_synthetic(data_dir, load_config(RECIPE, overrides).data.synth)  # rendered once, before the ranks start
-    port = free_port()
+    out_dir = str(tmp_path / "run")
+    argv = tiny_run.argv(out_dir, **SETTINGS)
+    ensure_synthetic(tiny_run.data, tiny_run.config(out_dir, **SETTINGS).data.synth)  # before the ranks start
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", NNODES="2", PYTHONPATH=ROOT,
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     for name in ("RDZV_ENDPOINT", "RDZV_ID", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "MAX_RESTARTS"):
         env.pop(name, None)
     if rendezvous == "static":
-        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port))
     else:
-        env.update(RDZV_ENDPOINT=f"127.0.0.1:{port}", RDZV_ID=f"test{port}")
+        env.update(RDZV_ENDPOINT=f"127.0.0.1:{free_port}", RDZV_ID=f"test{free_port}")
     nodes = []
     try:
         for node_rank in (0, 1):
@@ -54,7 +49,7 @@ def test_two_nodes_of_two_ranks_over_loopback(tmp_path, rendezvous):
             cwd.mkdir()
             node_env = dict(env, NODE_RANK=str(node_rank)) if rendezvous == "static" else env
             nodes.append(subprocess.Popen(
-                ["bash", os.path.join(LAUNCH, "torchrun.sh"), "2", RECIPE] + overrides, cwd=cwd, env=node_env,
+                ["bash", os.path.join(LAUNCH, "torchrun.sh"), "2"] + argv, cwd=cwd, env=node_env,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True))
         deadline = time.monotonic() + TIMEOUT_S
         outputs = [node.communicate(timeout=max(1.0, deadline - time.monotonic())) for node in nodes]
@@ -86,9 +81,9 @@ def test_launch_script_parses(script):
     assert proc.returncode == 0, proc.stderr
 
 
-def test_torchrun_wrapper_refuses_elastic_nodes_without_rendezvous(tmp_path):
+def test_torchrun_wrapper_refuses_elastic_nodes_without_rendezvous(tmp_path, tiny_run):
     env = dict(os.environ, NNODES="1:2")
     env.pop("RDZV_ENDPOINT", None)
-    proc = subprocess.run(["bash", os.path.join(LAUNCH, "torchrun.sh"), "2", RECIPE], env=env,
+    proc = subprocess.run(["bash", os.path.join(LAUNCH, "torchrun.sh"), "2", tiny_run.recipe], env=env,
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "RDZV_ENDPOINT" in proc.stderr and proc.stderr.count("\n") == 1

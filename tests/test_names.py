@@ -7,10 +7,11 @@ import pathlib
 import tokenize
 from collections import defaultdict
 
-import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from tests import helpers
+
+ROOT = pathlib.Path(helpers.ROOT)
 PACKAGES = ("fr", "evaluation")
 # Each command line has its own entry point and argument parser; nothing imports two of them.
 SAME_JOB_IN_EACH_MODULE = {"main", "parse_args"}
@@ -102,22 +103,13 @@ def test_the_dali_skip_list_is_read_under_its_earlier_name_too(tmp_path):
     assert read_skipped(index) == {3: "found again", 12: "found by DALI"}
 
 
-def test_a_dali_state_saved_before_the_rename_keeps_its_skipped_keys(tmp_path):
+def test_a_dali_state_saved_before_the_rename_keeps_its_skipped_keys(tmp_path, record_dir):
     pytest.importorskip("nvidia.dali")
-    from PIL import Image
-
     from fr.data.dali import DaliLoader
-    from fr.data.writer import InsightfaceRecordWriter
     from fr.distributed import DistEnv
+    from tests.helpers.images import flat, jpeg
 
-    def flat_jpeg(value):
-        buf = io.BytesIO()
-        Image.fromarray(np.full((112, 112, 3), value, np.uint8)).save(buf, format="JPEG", quality=95)
-        return buf.getvalue()
-
-    with InsightfaceRecordWriter(str(tmp_path / "set")) as writer:  # image k: key k + 1, grey value 8k
-        for c in range(4):
-            writer.add_identity([flat_jpeg(8 * k) for k in range(8 * c, 8 * c + 8)])
+    record_dir(4, 8, image=lambda k: jpeg(flat(8 * k)), root=tmp_path / "set")  # image k: key k + 1, grey value 8k
 
     def loader():
         return DaliLoader(str(tmp_path / "set"), 4, DistEnv(rank=0, world_size=1), num_threads=1, flip=False,

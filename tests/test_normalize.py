@@ -14,6 +14,7 @@ from fr.data.datasets import RecordDataset
 from fr.data.loader import DeviceLoader
 from fr.data.writer import InsightfaceRecordWriter
 from fr.distributed import DistEnv
+from tests.helpers.images import jpeg
 
 IMAGES = 4
 
@@ -49,9 +50,7 @@ def one_jpeg(tmp_path_factory):
     yy, xx = np.mgrid[0:112, 0:112]
     pixels = np.stack([128 + 100 * np.sin(xx / 7 + c) * np.cos(yy / 11 - c) for c in range(3)], -1)
     pixels = np.clip(pixels + rng.normal(0, 12, pixels.shape), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
-    payload = buf.getvalue()
+    payload = jpeg(pixels, quality=90)
     root = tmp_path_factory.mktemp("normalize")
     with InsightfaceRecordWriter(str(root / "rec")) as writer:
         writer.add_identity([payload] * (IMAGES // 2))

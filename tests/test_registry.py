@@ -15,8 +15,9 @@ from fr.data.loader import LOADERS, build_loader
 from fr.distributed import DistEnv
 from fr.registry import Registry, UnknownNameError
 from fr.train.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
+from tests.helpers import ROOT
 
-BASE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "base.py")
+BASE = os.path.join(ROOT, "configs", "base.py")
 
 
 def _optimizer(name):

@@ -12,8 +12,7 @@ from fr.config import ConfigError, SynthConfig, load_config
 from fr.data.datasets import RecordDataset
 from fr.data.recordio import IndexedRecordIO, unpack
 from fr.synth.dataset import ensure_synthetic, generate, plan_pairs
-
-RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "synthetic.py")
+from tests.helpers.tiny_run import RECIPE
 
 SMALL = dict(identities=6, per_identity=3, holdout_identities=5, pairs=40, seed=4)
 

@@ -4,18 +4,11 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from fr.cli.train import main as train_main
 from fr.config import load_file
 from fr.models import build_backbone
-
-from tiny_run import RECIPE, tiny_overrides
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("synthetic_data"))
 
 
 def check_run_outputs(out_dir, expect_world):
@@ -33,9 +26,9 @@ def check_run_outputs(out_dir, expect_world):
     return results
 
 
-def test_single_process_training_writes_checkpoint_and_results(tiny_data, tmp_path, capsys):
+def test_single_process_training_writes_checkpoint_and_results(tiny_run, tmp_path, capsys):
     out_dir = str(tmp_path / "run")
-    assert train_main([RECIPE] + tiny_overrides(tiny_data, out_dir)) == 0
+    assert train_main(tiny_run.argv(out_dir)) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(summary["trained"]) == set(summary["untrained"]) == {"synthetic_val"}
     results = check_run_outputs(out_dir, expect_world=1)
@@ -44,29 +37,29 @@ def test_single_process_training_writes_checkpoint_and_results(tiny_data, tmp_pa
     assert [step for step, _ in losses] == [2, 4, 6]
     assert losses[-1][1] < losses[0][1]  # it learns: the loss falls within six steps
     # the second run reuses the cached data set (same recipe), rather than rendering it again
-    mtime = os.path.getmtime(os.path.join(tiny_data, "train.rec"))
-    assert train_main([RECIPE] + tiny_overrides(tiny_data, str(tmp_path / "again"), **{"train.max_steps": 1})) == 0
-    assert os.path.getmtime(os.path.join(tiny_data, "train.rec")) == mtime
+    mtime = os.path.getmtime(os.path.join(tiny_run.data, "train.rec"))
+    assert train_main(tiny_run.argv(str(tmp_path / "again"), **{"train.max_steps": 1})) == 0
+    assert os.path.getmtime(os.path.join(tiny_run.data, "train.rec")) == mtime
 
 
-def test_torchrun_two_ranks(tiny_data, tmp_path):
+def test_torchrun_two_ranks(tiny_run, tmp_path):
     out_dir = str(tmp_path / "ddp")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "fr.cli.train", RECIPE] + tiny_overrides(tiny_data, out_dir, **{"data.batch_size": 8})
+           "-m", "fr.cli.train"] + tiny_run.argv(out_dir, **{"data.batch_size": 8})
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     check_run_outputs(out_dir, expect_world=2)
 
 
-def test_bad_config_key_is_one_line_error(tmp_path, capsys):
-    assert train_main([RECIPE, "optim.lrr=0.1"]) == 2
+def test_bad_config_key_is_one_line_error(tiny_run, capsys):
+    assert train_main([tiny_run.recipe, "optim.lrr=0.1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "optim.lrr" in err and "optim.lr" in err
 
 
-def test_missing_data_directory_is_one_line_error(tmp_path, capsys):
-    assert train_main([RECIPE, "data.synthetic=false", f"data.root={tmp_path / 'nope'}",
+def test_missing_data_directory_is_one_line_error(tiny_run, tmp_path, capsys):
+    assert train_main([tiny_run.recipe, "data.synthetic=false", f"data.root={tmp_path / 'nope'}",
                        f"output.dir={tmp_path / 'out'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "data directory not found" in err

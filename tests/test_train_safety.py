@@ -16,9 +16,7 @@ from fr.cli.train import main as train_main
 from fr.config import ConfigError
 from fr.heads import PartialFC
 from fr.train.trainer import Trainer
-
-from dist_utils import run_distributed
-from tiny_run import RECIPE, tiny_overrides
+from tests.helpers.tiny_run import RECIPE
 
 OUTPUTS = ("model.pt", "results.json", "config.json", os.path.join("checkpoints", "latest.json"))
 
@@ -30,8 +28,8 @@ def quick(**extra):
     return values
 
 
-def train_cli(data_dir, out_dir, **extra):
-    return train_main([RECIPE] + tiny_overrides(data_dir, out_dir, **quick(**extra)))
+def train_cli(tiny_run, out_dir, **extra):
+    return train_main(tiny_run.argv(out_dir, **quick(**extra)))
 
 
 def one_line_error(capsys):
@@ -45,14 +43,9 @@ def snapshot(out_dir):
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("safety_data"))
-
-
-@pytest.fixture(scope="module")
-def finished_run(tiny_data, tmp_path_factory):
+def finished_run(tiny_run, tmp_path_factory):
     out_dir = str(tmp_path_factory.mktemp("finished") / "run")
-    assert train_cli(tiny_data, out_dir) == 0
+    assert train_cli(tiny_run, out_dir) == 0
     return out_dir
 
 
@@ -66,18 +59,18 @@ def run_copy(finished_run, tmp_path):
     return out_dir
 
 
-def test_fresh_run_into_a_finished_run_is_refused_and_changes_nothing(tiny_data, run_copy, capsys):
+def test_fresh_run_into_a_finished_run_is_refused_and_changes_nothing(tiny_run, run_copy, capsys):
     before = snapshot(run_copy)
     listing = sorted(os.listdir(run_copy))
-    assert train_cli(tiny_data, run_copy) == 2
+    assert train_cli(tiny_run, run_copy) == 2
     err = one_line_error(capsys)
     assert run_copy in err and "model.pt" in err and "train.resume=auto" in err and "output.overwrite=true" in err
     assert snapshot(run_copy) == before and sorted(os.listdir(run_copy)) == listing
 
 
-def test_overwrite_replaces_the_earlier_run_and_keeps_foreign_files(tiny_data, run_copy, capsys):
+def test_overwrite_replaces_the_earlier_run_and_keeps_foreign_files(tiny_run, run_copy, capsys):
     old_model = open(os.path.join(run_copy, "model.pt"), "rb").read()
-    assert train_cli(tiny_data, run_copy, **{"train.max_steps": 1, "output.overwrite": "true"}) == 0
+    assert train_cli(tiny_run, run_copy, **{"train.max_steps": 1, "output.overwrite": "true"}) == 0
     assert "replaces the earlier run's model.pt" in capsys.readouterr().out  # the log says what is replaced
     assert json.load(open(os.path.join(run_copy, "results.json")))["steps"] == 1
     assert json.load(open(os.path.join(run_copy, "config.json")))["output"]["overwrite"] is False  # not inherited
@@ -88,9 +81,9 @@ def test_overwrite_replaces_the_earlier_run_and_keeps_foreign_files(tiny_data, r
     assert open(os.path.join(run_copy, "notes.txt")).read() == "mine"
 
 
-def test_refused_resume_leaves_config_json_unchanged(tiny_data, run_copy, capsys):
+def test_refused_resume_leaves_config_json_unchanged(tiny_run, run_copy, capsys):
     before = snapshot(run_copy)
-    assert train_cli(tiny_data, run_copy, **{"train.resume": "auto", "model.embedding_size": 32}) == 2
+    assert train_cli(tiny_run, run_copy, **{"train.resume": "auto", "model.embedding_size": 32}) == 2
     assert "model.embedding_size was 64" in one_line_error(capsys)
     assert snapshot(run_copy) == before
 
@@ -109,38 +102,36 @@ def count_steps(monkeypatch):
     return calls
 
 
-def test_a_bin_with_fewer_pairs_than_folds_fails_before_training_and_writing(tiny_data, tmp_path, capsys,
+def test_a_bin_with_fewer_pairs_than_folds_fails_before_training_and_writing(tiny_run, tmp_path, capsys,
                                                                            monkeypatch):
     small = str(tmp_path / "two.bin")
     write_pairs(small, 2)
     out_dir = str(tmp_path / "run")
     steps = count_steps(monkeypatch)
-    assert train_cli(tiny_data, out_dir, **{"eval.bins": small, "eval.at_start": "true"}) == 2
+    assert train_cli(tiny_run, out_dir, **{"eval.bins": small, "eval.at_start": "true"}) == 2
     assert "two.bin" in one_line_error(capsys)
     assert steps == [] and not os.path.exists(out_dir)
 
 
-def _bad_bin_on_two_ranks(rank, world_size, data_dir, out_dir, small):
-    from fr.config import load_config
+def _bad_bin_on_two_ranks(rank, world_size, tiny_run, out_dir, small):
     from fr.distributed import env_from_group
     from fr.train.run import train
 
     try:
-        train(load_config(RECIPE, tiny_overrides(data_dir, out_dir, **quick(**{"eval.bins": small}))),
-              env_from_group())
+        train(tiny_run.config(out_dir, **quick(**{"eval.bins": small})), env_from_group())
     except ValueError as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
 
 
-def test_a_start_up_check_on_rank_0_stops_every_rank(tiny_data, tmp_path):
+def test_a_start_up_check_on_rank_0_stops_every_rank(tiny_run, tmp_path, run_distributed):
     small = str(tmp_path / "two.bin")
     write_pairs(small, 2)
-    results = run_distributed(_bad_bin_on_two_ranks, 2, tiny_data, str(tmp_path / "run"), small, timeout_s=60)
+    results = run_distributed(_bad_bin_on_two_ranks, 2, tiny_run, str(tmp_path / "run"), small, timeout_s=60)
     assert all(r is not None and "two.bin" in r for r in results), results
 
 
-def test_a_failed_final_evaluation_still_writes_model_and_results(tiny_data, tmp_path, capsys, monkeypatch):
+def test_a_failed_final_evaluation_still_writes_model_and_results(tiny_run, tmp_path, capsys, monkeypatch):
     import fr.train.verification_hook as hook
 
     def broken(*args, **kwargs):
@@ -148,7 +139,7 @@ def test_a_failed_final_evaluation_still_writes_model_and_results(tiny_data, tmp
 
     monkeypatch.setattr(hook, "evaluate", broken)
     out_dir = str(tmp_path / "run")
-    assert train_cli(tiny_data, out_dir) == 1
+    assert train_cli(tiny_run, out_dir) == 1
     err = one_line_error(capsys)
     assert "evaluation exploded" in err and "model.pt" in err
     results = json.load(open(os.path.join(out_dir, "results.json")))
@@ -182,23 +173,23 @@ def test_recipe_setting_a_wrong_type_names_the_key(tmp_path, capsys):
     assert recipe in err and "train.max_steps expects an int" in err and "'many'" in err
 
 
-def test_output_dir_under_a_regular_file_is_one_line(tiny_data, tmp_path, capsys):
+def test_output_dir_under_a_regular_file_is_one_line(tiny_run, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert train_cli(tiny_data, str(blocker / "run")) == 2
+    assert train_cli(tiny_run, str(blocker / "run")) == 2
     err = one_line_error(capsys)
     assert str(blocker / "run") in err and "under a file" in err
 
 
-def test_non_finite_loss_is_one_line(tiny_data, tmp_path, capsys, monkeypatch):
+def test_non_finite_loss_is_one_line(tiny_run, tmp_path, capsys, monkeypatch):
     forward = PartialFC.forward
     monkeypatch.setattr(PartialFC, "forward", lambda self, *a: forward(self, *a) * float("nan"))
-    assert train_cli(tiny_data, str(tmp_path / "run")) == 2
+    assert train_cli(tiny_run, str(tmp_path / "run"), **{"train.max_nonfinite_steps": 1}) == 2
     err = one_line_error(capsys)
     assert "the loss became nan at step 1" in err and "optim.lr" in err
 
 
-def test_stale_temporaries_of_fr_are_removed_and_foreign_files_stay(tiny_data, tmp_path):
+def test_stale_temporaries_of_fr_are_removed_and_foreign_files_stay(tiny_run, tmp_path):
     out_dir = tmp_path / "run"
     (out_dir / "checkpoints").mkdir(parents=True)
     stale = [out_dir / "checkpoints" / "latest.json.abc.tmp", out_dir / "config.json.x_1yz9q2.tmp"]
@@ -207,12 +198,12 @@ def test_stale_temporaries_of_fr_are_removed_and_foreign_files_stay(tiny_data, t
     for path in stale + foreign:
         path.write_text("x")
     # A killed run is restarted with train.resume=auto; it had no complete checkpoint yet.
-    assert train_cli(tiny_data, str(out_dir), **{"train.resume": "auto"}) == 0
+    assert train_cli(tiny_run, str(out_dir), **{"train.resume": "auto"}) == 0
     assert not any(path.exists() for path in stale)
     assert all(path.read_text() == "x" for path in foreign)
 
 
-def test_a_real_bug_keeps_its_traceback(tiny_data, tmp_path, monkeypatch):
+def test_a_real_bug_keeps_its_traceback(tiny_run, tmp_path, monkeypatch):
     """A plain ValueError/TypeError from fr's own code is a bug: it is not turned into a one-line message."""
     import fr.train.run as run
 
@@ -222,7 +213,7 @@ def test_a_real_bug_keeps_its_traceback(tiny_data, tmp_path, monkeypatch):
 
         monkeypatch.setattr(run, "build_loader", buggy)
         with pytest.raises(type(error), match="bug"):
-            train_cli(tiny_data, str(tmp_path / "run"))
+            train_cli(tiny_run, str(tmp_path / "run"))
 
 
 def test_cli_boundary_prints_os_errors_with_a_path_and_raises_others(capsys, monkeypatch):
