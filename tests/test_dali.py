@@ -117,10 +117,10 @@ def test_fr_train_runs_on_the_dali_loader(tmp_path, capsys):
     assert results["steps"] == 5 and results["num_images"] == 64 and results["num_classes"] == 8
 
 
-def test_garbled_records_are_left_out_of_the_dali_index_and_counted(record_dir, tmp_path):
+def test_corrupt_records_are_skipped_by_the_dali_index_and_counted(record_dir, tmp_path):
     from fr.data.recordio import read_index
 
-    root = tmp_path / "garbled"
+    root = tmp_path / "corrupt"
     root.mkdir()
     for name in ("train.rec", "train.idx"):
         (root / name).write_bytes((record_dir / name).read_bytes())
@@ -174,8 +174,9 @@ def test_each_image_is_flipped_or_not_by_its_own_coin(mirror_dir, flipper, monke
         pytest.importorskip("cv2")  # a guard only: the `test` extra installs OpenCV
     else:
         monkeypatch.setattr("fr.data.dali._opencv", lambda: None)  # as without OpenCV
-    loader = loader_for(root, 0, world=1, batch=8)
-    assert (len(loader.pipe.run()) == 3) == (flipper == "opencv on the host")  # the coins leave the pipeline
+    probe = loader_for(root, 0, world=1, batch=8)
+    assert (len(probe.pipe.run()) == 3) == (flipper == "opencv on the host")  # the coins leave the pipeline
+    loader = loader_for(root, 0, world=1, batch=8)  # (a run outside the loader moves its pipeline on)
     flipped = 0
     for images, labels in loader:
         for image, label in zip(images, labels.tolist()):
@@ -247,3 +248,29 @@ def test_the_host_conversion_is_normalize_bit_for_bit_and_flips_by_the_coins(con
     assert images.dtype == torch.float32 and torch.equal(images, expected)
     assert classes.tolist() == [5, 4, 3, 2, 1, 0] and classes.dtype == torch.int64
     assert images.permute(0, 2, 3, 1).is_contiguous()  # channels_last memory, as before
+
+
+def test_a_failure_while_training_keeps_the_augmentation_draws_of_a_run_without_it(tmp_path):
+    """A PNG with broken compressed data passes the structural check but stops DALI: the loader skips it and
+    runs up to the failed batch again from the epoch start's checkpoint, so its random draws stay in step."""
+    rng = np.random.default_rng(4)
+    payloads = []
+    for k in range(32):
+        buf = io.BytesIO()
+        pixels = rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(buf, format="PNG" if k == 20 else "JPEG")
+        payloads.append(buf.getvalue())
+    broken = bytearray(payloads[20])
+    broken[len(broken) // 2:len(broken) // 2 + 64] = bytes(64)
+    payloads[20] = bytes(broken)
+    with InsightfaceRecordWriter(str(tmp_path)) as writer:
+        for c in range(4):
+            writer.add_identity(payloads[8 * c:8 * (c + 1)])
+    augment = ["resize", "blur"]
+    failing = loader_for(tmp_path, 0, world=1, batch=8, augment=augment)
+    got = [images for images, _ in failing]
+    assert failing.skipped_keys == [21]  # image 20 is key 21: met and skipped in this epoch
+    known = loader_for(tmp_path, 0, world=1, batch=8, augment=augment)  # skips it from the start (listed)
+    assert known.skipped_keys == [21]
+    expected = [images for images, _ in known]
+    assert len(got) == len(expected) == 4 and all(torch.equal(a, b) for a, b in zip(got, expected))

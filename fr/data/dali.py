@@ -1,55 +1,53 @@
-"""DALI loader over insightface record files: fn.readers.mxnet sharded by rank, mixed GPU decode or CPU.
+"""DALI loader over insightface record files: each rank's part of the epoch's global order (fr.data.base), read
+here and fed to the pipeline through an external source; mixed GPU decode, or a CPU pipeline.
 
-The user's `train.rec` is read in place through the checked image-only index of fr.data.image_index.
+The user's `train.rec` is read in place at the offsets of the checked image-only index of fr.data.image_index.
 """
 from __future__ import annotations
 
 import logging
 import re
 from functools import partial
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
 
 from evaluation.preprocess import normalize, normalize_table
-from fr.data.base import DataError, EpochPosition
-from fr.data.image_index import (build_index, read_payloads, read_undecodable, record_undecodable, shard_entries,
-                                 undecodable_path, write_shard_index)
+from fr.data.base import MAX_REPLACEMENTS, DataError, EpochPosition, epoch_order, flip_coin, rank_batches, sample_seed
+from fr.data.headers import label_of
+from fr.data.image_index import add_skipped, build_index, read_index_entries, read_payloads, read_skipped, skipped_path
 from fr.data.layout import record_paths
+from fr.data.recordio import MXRecordIO, unpack
 from fr.distributed import DistEnv
 
 log = logging.getLogger(__name__)
 
-READER = "reader"
-INITIAL_FILL = 16384  # shuffle buffer per rank: large, as the records of one identity are contiguous
 CHECK_BATCH = 64  # images per DALI run when looking for the records DALI cannot decode
+KEEP_FED = 8  # batches whose records the feed remembers: more than the pipeline holds before returning one
 
 
-def _build_pipeline(rec_path: str, index_path: str, batch_size: int, shard_id: int, num_shards: int,
-                    device_id: Optional[int], num_threads: int, seed: int, image_size: int,
-                    augment: Sequence[str], checkpoint: Optional[str], initial_fill: int, resize: bool,
-                    host_flip: bool, flip: bool):
+def _build_pipeline(feed: "_Feed", batch_size: int, device_id: Optional[int], num_threads: int, seed: int,
+                    image_size: int, augment: Sequence[str], checkpoint: Optional[bytes], resize: bool,
+                    host_flip: bool):
     from nvidia.dali import fn, pipeline_def, types
 
     from fr.data.dali_augment import apply_augments
 
     gpu = device_id is not None
 
-    @pipeline_def(enable_checkpointing=True)
+    @pipeline_def(enable_checkpointing=True)  # the augmentations' random state; the feed keeps the position
     def pipeline():
-        jpegs, labels = fn.readers.mxnet(path=[rec_path], index_path=[index_path], shard_id=shard_id,
-                                         num_shards=num_shards, random_shuffle=True, initial_fill=initial_fill,
-                                         stick_to_shard=True, pad_last_batch=True, name=READER)
+        jpegs, labels, flips = fn.external_source(source=feed, num_outputs=3, batch=True, batch_info=True,
+                                                  dtype=[types.UINT8, types.INT64, types.INT32])
         images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
-        if resize:  # only when some image differs from data.image_size: even a no-op resize costs 3x
+        if resize:  # only when some image differs from data.image_size: even a no-op resize is costly
             images = fn.resize(images, resize_x=image_size, resize_y=image_size)
         images = apply_augments(images, augment)
         # uint8 HWC leaves the pipeline; the conversion to float [-1, 1] follows on the host or device
-        # (_cpu_batch, _device_batch). On CPU, DALI's crop_mirror_normalize to float plus the copy out measured
-        # 1.5x slower (docs/benchmarks.md).
-        flips = fn.random.coin_flip(probability=0.5 if flip else 0.0, dtype=types.INT32)
-        if host_flip:  # fn.flip costs ~30 CPU-us per image, OpenCV's flip of _cpu_batch's output ~4
+        # (_cpu_batch, _device_batch). On CPU, DALI's crop_mirror_normalize to float plus the copy out was slower
+        # (docs/benchmarks.md).
+        if host_flip:  # OpenCV's flip of _cpu_batch's output costs a fraction of fn.flip (docs/benchmarks.md)
             return images, labels, flips
         images = fn.flip(images, horizontal=flips)
         if gpu:
@@ -63,53 +61,110 @@ def _build_pipeline(rec_path: str, index_path: str, batch_size: int, shard_id: i
     return pipe
 
 
+class _Feed:
+    """The pipeline's external source: this rank's part of each global batch of the epoch's order, batch after
+    batch from (`epoch`, `batch`) on, as (encoded images, labels, flip coins); StopIteration after an epoch's
+    last batch, then the next epoch. DALI calls it once per batch, in order (its own counters are not used).
+
+    A sample's coin is the torch loader's (`flip_coin` of its `sample_seed`). A record in `skip` is replaced
+    by the next record in the index's order that is not, with the sample's own coin: the torch loader's rule.
+    `fed` remembers the records of the last batches handed to DALI, for the search after a failure.
+    """
+
+    def __init__(self, rec_path: str, keys: np.ndarray, offsets: np.ndarray, *, seed: int, batch_size: int,
+                 world: int, rank: int, flip: bool, skip: Set[int], epoch: int, batch: int):
+        self.reader = MXRecordIO(rec_path, "r")
+        self.keys, self.offsets, self.skip = keys, offsets, skip
+        self.seed, self.batch_size, self.world, self.rank, self.flip = seed, batch_size, world, rank, flip
+        self.steps = len(keys) // (batch_size * world)
+        self.epoch, self.batch = epoch, batch  # the next batch to hand out
+        self.fed: Dict[Tuple[int, int], List[Tuple[int, int]]] = {}  # (epoch, batch) -> [(key, offset)]
+        self._order: Tuple[int, Optional[np.ndarray]] = (-1, None)  # (epoch, this rank's batches of it)
+
+    def __call__(self, batch_info) -> Tuple[List[np.ndarray], np.ndarray, np.ndarray]:
+        if self.batch >= self.steps:
+            self.epoch, self.batch = self.epoch + 1, 0
+            raise StopIteration
+        if self._order[0] != self.epoch:
+            order = epoch_order(len(self.keys), self.seed, self.epoch)
+            self._order = (self.epoch, rank_batches(order, self.batch_size, self.world, self.rank))
+        payloads, labels, coins, entries = [], [], [], []
+        for index in self._order[1][self.batch].tolist():
+            record = self._replacement(index)
+            key, offset = int(self.keys[record]), int(self.offsets[record])
+            self.reader.handle.seek(offset)
+            header, payload = unpack(self.reader.read())
+            payloads.append(np.frombuffer(payload, np.uint8))
+            labels.append(int(label_of(header)))  # checked when the index was built
+            coins.append(self.flip and flip_coin(sample_seed(self.seed, self.epoch, index)))
+            entries.append((key, offset))
+        self.fed[(self.epoch, self.batch)] = entries
+        if len(self.fed) > KEEP_FED:
+            del self.fed[next(iter(self.fed))]
+        self.batch += 1
+        return payloads, np.array(labels, np.int64), np.array(coins, np.int32)
+
+    def _replacement(self, index: int) -> int:
+        if not self.skip:
+            return index
+        for attempt in range(MAX_REPLACEMENTS + 1):
+            record = (index + attempt) % len(self.keys)
+            if int(self.keys[record]) not in self.skip:
+                return record
+        raise DataError(f"{self.reader.uri}: {MAX_REPLACEMENTS + 1} consecutive records from key "
+                        f"{int(self.keys[index])} cannot be decoded by DALI; run `fr-data verify` on the data")
+
+    def close(self) -> None:
+        self.reader.close()
+
+
 class DaliLoader(EpochPosition):
     """The DeviceLoader interface over a DALI pipeline: (float [-1,1] NCHW, int64 labels) on `env.device`.
 
-    Every rank yields `len(self)` batches per epoch: `(N // world) // batch`, the smallest shard's full
-    batches (shards differ by one image at most). The reader pads its shard to whole batches, so each epoch
-    starts at a shard boundary; the batches past `len(self)` are read and dropped. `state_dict` holds the
-    DALI reader checkpoint taken at the last epoch boundary plus the batches consumed since, so a resumed
-    loader continues mid-epoch. Each image is mirrored by a fair coin unless `flip` is False.
+    The samples are the torch loader's: this rank's part of each global batch of the epoch's order
+    (fr.data.base), read here from the record file and fed to the pipeline (`_Feed`), with the torch loader's
+    flip coins; every rank yields `len(self)` batches per epoch. Only `data.augment`'s draws are DALI's own
+    (random operators seeded by `seed + rank`). `state_dict` holds the position (`EpochPosition.position`), the
+    skipped keys and the pipeline's checkpoint (the augmentations' random state). A resumed loader continues at
+    the saved sample; the checkpoint is restored when it was taken with the same world size and batch (so a
+    resumed run draws exactly the augmentations it would have), else the pipeline starts afresh there: the
+    samples and flips are the same, the augmentations' draws are not.
 
-    Corrupt images. DALI cannot skip a sample: an image its decoder rejects stops `pipe.run()` for good.
-    Truncated or zero-filled JPEGs, empty or non-image payloads, formats DALI does not read and broken
-    headers are left out when the index is built, by a structural check (fr.data.verify.check_images, ~14 us
-    per 4 KB record, once). Decoding every image there instead would cost 120-160 us per image (12-15
-    CPU-minutes for 5.8M) and still not speak for the GPU decoder. What passes the check yet stops DALI
-    (1.6% of the DALI-rejected random corruptions measured, bad Huffman tables; PNGs with broken compressed
-    data) is handled when it happens: DALI's own decoder tries every record of this rank's shard; the ones it
-    rejects, and the sample its error names, are logged and counted; this rank's reader gets its shard minus
-    them as a private index (the other ranks' shards do not move) and re-reads the epoch from its start
-    checkpoint up to where it stopped, so every rank still yields `len(self)` batches. That costs a decode
-    pass over the shard plus the re-read, once: the exclusions travel in `state_dict` and are listed beside
-    the index, so later runs leave them out from the start. In that epoch this rank's order changes, so a few
-    of its images may come twice or not at all.
+    Corrupt images. DALI cannot skip a sample: an image its decoder rejects stops `pipe.run()` for good. Truncated
+    or zero-filled JPEGs, empty or non-image payloads, formats DALI does not read and broken headers are skipped
+    when the index is built, by a structural check (fr.data.verify.check_record_images, once; far cheaper than
+    decoding every image, which would still not speak for the GPU decoder; figures in docs/benchmarks.md). What
+    passes the check yet stops DALI (a few of the DALI-rejected random corruptions measured, bad Huffman tables;
+    PNGs with broken compressed data) is handled when it happens: DALI's own decoder tries the records of the
+    batches handed to the pipeline and not yet returned; the ones it rejects, and the sample its error names,
+    are logged, counted and from then on replaced like the records skipped by the torch loader (`_Feed`); the
+    pipeline is rebuilt at the failed batch. With `data.augment` it is rebuilt at the epoch's start (or where it
+    was last built) from its checkpoint there and runs up to the failed batch again, so the augmentations' draws
+    stay those of a run without the failure. The skipped keys travel in `state_dict` and are listed beside the
+    index, so later runs skip them from the start.
     """
 
     def __init__(self, root: str, batch_size: int, env: DistEnv, seed: int = 0, num_threads: int = 2,
                  num_classes: int = 0, image_size: int = 112, augment: Sequence[str] = (), cache_dir: str = "",
-                 initial_fill: int = INITIAL_FILL, flip: bool = True):
-        rec_path, _ = record_paths(root)
+                 flip: bool = True):
+        self.rec_path, _ = record_paths(root)
         self.index = build_index(root, num_classes, cache_dir)
+        self.keys, self.offsets = read_index_entries(self.index.path)
         self.dataset = _DatasetInfo(self.index.images, self.index.num_classes)
         self.device = env.device
-        self.batch_size = batch_size
-        self.rank, self.world = env.rank, env.world_size
-        per_rank = self.index.images // env.world_size
-        self.steps = per_rank // batch_size
+        self.batch_size, self.world, self.rank, self.seed, self.flip = batch_size, env.world_size, env.rank, seed, flip
+        self.steps = self.index.images // self.global_batch
         if self.steps < 1:
-            raise DataError(f"data.batch_size={batch_size} is larger than this rank's share of the data set "
-                             f"({per_rank} of {self.index.images} images over {env.world_size} ranks)")
+            raise DataError(f"data.batch_size={batch_size} on {env.world_size} ranks is a global batch of "
+                            f"{self.global_batch} images, more than the data set holds ({self.index.images})")
         device_id = (self.device.index or 0) if self.device.type == "cuda" else None
         opencv = _opencv() if device_id is None else None  # looked up once: a failed import is not cached
         self._to_batch: Callable = _device_batch if device_id is not None else partial(_cpu_batch, opencv=opencv)
-        # index_path, shard_id and num_shards are set by _start
-        self._args = dict(rec_path=rec_path, batch_size=batch_size, device_id=device_id, num_threads=num_threads,
-                          seed=seed + env.rank, image_size=image_size, augment=list(augment),
-                          initial_fill=initial_fill, resize=set(self.index.sizes) != {(image_size, image_size)},
-                          host_flip=opencv is not None, flip=flip)
-        self.excluded = self._known_undecodable()  # keys of this rank's shard DALI cannot decode
+        self._args = dict(batch_size=batch_size, device_id=device_id, num_threads=num_threads, seed=seed + env.rank,
+                          image_size=image_size, augment=list(augment),
+                          resize=set(self.index.sizes) != {(image_size, image_size)}, host_flip=opencv is not None)
+        self.skipped_keys = self._known_skipped()  # keys DALI cannot decode
+        self.feed: Optional[_Feed] = None
         self._start(checkpoint=None)
 
     @classmethod
@@ -120,99 +175,104 @@ class DaliLoader(EpochPosition):
 
     @property
     def skipped(self) -> int:
-        return self.index.skipped + len(self.excluded)
+        return self.index.skipped + len(self.skipped_keys)
 
     def __len__(self) -> int:
         return self.steps
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        if self.consumed == 0:
-            self._epoch_checkpoint = self.pipe.checkpoint()
-            self._runs = 0
-        while self._runs < self._epoch_runs:
-            outputs = self._read_to(self._runs + 1)
-            if self._runs <= self.steps:
-                self.consumed = self._runs
-                yield self._to_batch(self.device, *outputs)
-        self._end_epoch()  # DALI reshuffles on its own as it reads on: the epoch is bookkeeping for resume
+        if self._normal(*self._at) != self._normal(self.epoch, self.consumed):  # another epoch was set
+            self._start(checkpoint=None)
+        while self.consumed < self.steps:
+            outputs = self._run()
+            self._yielded()
+            yield self._to_batch(self.device, *outputs)
+        if self._at == (self.epoch, self.steps):  # the feed ends the epoch: DALI's StopIteration, then reset
+            try:
+                self.pipe.run()
+            except StopIteration:
+                self.pipe.reset()
+                self._at = (self.epoch + 1, 0)
+                self._base = (*self._at, self.pipe.checkpoint())
+        self._end_epoch()
 
     def state_dict(self) -> Dict[str, object]:
-        # Between epochs the reader already stands at the next epoch's start: checkpoint that position,
-        # not the finished epoch's start (which would replay the finished epoch).
-        at_boundary = self.consumed == 0
-        return {"epoch": self.epoch, "consumed": self.consumed, "excluded": list(self.excluded),
-                "dali_checkpoint": self.pipe.checkpoint() if at_boundary else self._epoch_checkpoint}
+        in_step = self._normal(*self._at) == self._normal(self.epoch, self.consumed)
+        return {**self.position(), "world": self.world, "skipped_keys": list(self.skipped_keys),
+                "dali_checkpoint": self.pipe.checkpoint() if in_step else None}
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
-        """Rebuild the pipeline at the checkpointed epoch start and skip the batches already consumed."""
-        self.excluded = [int(key) for key in state.get("excluded", [])]
-        self._start(checkpoint=state["dali_checkpoint"])
-        self.epoch = int(state["epoch"])
-        self.consumed = int(state["consumed"])
-        self._read_to(self.consumed)  # replaying a few batches is cheaper than per-batch checkpoints
+        """Continue at the saved position (`EpochPosition.restore_position`), from the saved pipeline checkpoint
+        when it was taken with this world size and global batch (with the same per-rank pipeline, then)."""
+        self.restore_position(state)
+        # "excluded": the key's name in checkpoints written before it was renamed
+        self.skipped_keys = [int(key) for key in state.get("skipped_keys", state.get("excluded", []))]
+        same = state.get("world") == self.world and state.get("global_batch") == self.global_batch
+        self._start(checkpoint=state.get("dali_checkpoint") if same else None)
 
-    def _known_undecodable(self) -> List[int]:
-        """The keys of this rank's shard that DALI failed to decode in an earlier run over the same index."""
-        known = read_undecodable(self.index.path)
-        if not known:
-            return []
-        mine = sorted({key for key, _ in shard_entries(self.index.path, self.rank, self.world)} & set(known))
-        if mine:
+    def _normal(self, epoch: int, batch: int) -> Tuple[int, int]:
+        """(epoch, batch) with the position after an epoch's last batch written as the next epoch's start."""
+        return (epoch + 1, 0) if batch >= self.steps else (epoch, batch)
+
+    def _known_skipped(self) -> List[int]:
+        """The keys DALI failed to decode in an earlier run over the same index (on any rank)."""
+        known = sorted(read_skipped(self.index.path))
+        if known:
             log.warning("rank %d: %d records skipped: DALI failed to decode them in an earlier run (listed in %s)",
-                        self.rank, len(mine), undecodable_path(self.index.path))
-        return mine
+                        self.rank, len(known), skipped_path(self.index.path))
+        return known
 
-    def _start(self, checkpoint: Optional[str]) -> None:
-        """(Re)build the pipeline over this rank's records, minus `excluded`, at `checkpoint` (an epoch start)."""
-        if self.excluded:
-            path, _ = write_shard_index(self.index.path, self.rank, self.world, self.excluded)
-            self._args.update(index_path=path, shard_id=0, num_shards=1)
-        else:
-            self._args.update(index_path=self.index.path, shard_id=self.rank, num_shards=self.world)
-        self.pipe = _build_pipeline(checkpoint=checkpoint, **self._args)
-        self._epoch_checkpoint = checkpoint or self.pipe.checkpoint()
-        self._runs = 0  # pipeline runs in the current epoch, the dropped ones past len(self) included
-        shard = self.pipe.reader_meta(READER)["epoch_size_padded"] // self._args["num_shards"]
-        self._epoch_runs = -(-shard // self.batch_size)  # the last batch padded
-        if self._epoch_runs < self.steps:
-            raise DataError(f"{self._args['rec_path']}: rank {self.rank} has too few decodable images left for "
-                            f"{self.steps} batches of {self.batch_size} per epoch ({len(self.excluded)} records "
-                            f"excluded); run `fr-data verify` on the data")
+    def _start(self, checkpoint: Optional[bytes], at: Optional[Tuple[int, int]] = None) -> None:
+        """(Re)build the pipeline at `at` (epoch, batch; default: the loader's position), from `checkpoint`
+        (taken there) or afresh."""
+        if self.feed is not None:
+            self.feed.close()
+        epoch, batch = at or self._normal(self.epoch, self.consumed)
+        self.feed = _Feed(self.rec_path, self.keys, self.offsets, seed=self.seed, batch_size=self.batch_size,
+                          world=self.world, rank=self.rank, flip=self.flip, skip=set(self.skipped_keys),
+                          epoch=epoch, batch=batch)
+        self.pipe = _build_pipeline(self.feed, checkpoint=checkpoint, **self._args)
+        self._at = (epoch, batch)  # the batch the pipeline's next run returns
+        self._base = (epoch, batch, checkpoint or self.pipe.checkpoint())  # where a failure rebuilds it
 
-    def _read_to(self, runs: int):
-        """Run the pipeline until `runs` batches of this epoch are read; the last one's outputs (or None)."""
+    def _run(self):
+        """The pipeline's next batch, rebuilt and run up to it again after a failure (see the class)."""
+        target = (self._at[0], self._at[1] + 1)
         outputs = None
-        while self._runs < runs:
+        while self._at != target:
             try:
                 outputs = self.pipe.run()
             except RuntimeError as error:
-                self._exclude_undecodable(error)  # restarts the epoch: `_runs` is 0 again
+                self._skip_undecodable(error)  # back at `_base`
                 continue
-            self._runs += 1
+            self._at = (self._at[0], self._at[1] + 1)
         return outputs
 
-    def _exclude_undecodable(self, error: RuntimeError) -> None:
-        rec_path = self._args["rec_path"]
-        if self.excluded:  # the reader already uses this rank's private index, read as one shard
-            entries = shard_entries(self._args["index_path"], 0, 1)
-        else:
-            entries = shard_entries(self.index.path, self.rank, self.world)
-        found = set(undecodable_records(rec_path, entries, self._args["device_id"], self._args["num_threads"]))
-        # DALI's verdict on a few corrupt images changes from run to run: also take the sample its error names.
-        named = {int(offset) for offset in re.findall(r" at index (\d+)", str(error))}
-        found.update(key for key, offset in entries if offset in named)
+    def _skip_undecodable(self, error: RuntimeError) -> None:
+        # The batches handed to DALI and not returned: the failed one first.
+        pending = sorted(batch for batch in self.feed.fed if batch >= self._at)
+        entries = [entry for batch in pending for entry in self.feed.fed[batch]]
+        found = set(undecodable_records(self.rec_path, entries, self._args["device_id"], self._args["num_threads"]))
+        # DALI's verdict on a few corrupt images changes from run to run: also take the sample its error names
+        # (its place in the failed batch).
+        failed = self.feed.fed.get(self._at, [])
+        found.update(failed[int(i)][0] for i in re.findall(r"sample #(\d+)", str(error)) if int(i) < len(failed))
         if not found:
-            raise DataError(f"{rec_path}: the DALI pipeline of rank {self.rank} failed ({_reason(error)}), but "
-                            f"no record of its shard fails to decode on its own") from error
+            raise DataError(f"{self.rec_path}: the DALI pipeline of rank {self.rank} failed ({_reason(error)}), but "
+                            f"no record it was reading fails to decode on its own") from error
         for key in sorted(found):
-            log.warning("skipping record %d of %s: DALI cannot decode its image", key, rec_path)
+            log.warning("skipping record %d of %s: DALI cannot decode its image", key, self.rec_path)
         decoder = "cpu" if self._args["device_id"] is None else "mixed"
-        record_undecodable(self.index.path, {key: f"DALI's {decoder} decoder failed on it (rank {self.rank} of "
-                                                  f"{self.world})" for key in found})
-        self.excluded.extend(sorted(found))
-        log.warning("rank %d: skipped %d records DALI cannot decode; re-reading epoch %d up to batch %d without them",
-                    self.rank, len(found), self.epoch, self._runs + 1)
-        self._start(checkpoint=self._epoch_checkpoint)
+        add_skipped(self.index.path, {key: f"DALI's {decoder} decoder failed on it (rank {self.rank} of {self.world})"
+                                      for key in found})
+        self.skipped_keys.extend(sorted(found - set(self.skipped_keys)))
+        if self._args["augment"]:  # their random state: run up to the failed batch again from the last checkpoint
+            epoch, batch, checkpoint = self._base
+        else:  # nothing in the pipeline is random: it can start at the failed batch
+            (epoch, batch), checkpoint = self._at, None
+        log.warning("rank %d: skipped %d records DALI cannot decode; reading epoch %d again from batch %d",
+                    self.rank, len(found), epoch, batch + 1)
+        self._start(checkpoint=checkpoint, at=(epoch, batch))
 
 
 def _reason(error: RuntimeError) -> str:
@@ -297,13 +357,13 @@ def _cpu_batch(device: torch.device, images, labels, flips=None, *,
                opencv=None) -> Tuple[torch.Tensor, torch.Tensor]:
     """DALI CPU outputs as (float [-1, 1] NCHW in channels_last memory, int64 labels), converted on the host.
 
-    Not by torch: its elementwise kernels wake OpenMP threads that spin on the cores DALI's decoding threads
-    need (on 2 cores: ~135 CPU-us per 112x112 image inside the running loader). OpenCV (`opencv`, the cv2
-    module) maps the pixels through evaluation.preprocess's table of normalised values (what `normalize` looks
-    up, so bit for bit the same) in one pass, and mirrors the images whose coin in `flips` came up; without it
+    Not by torch: its elementwise kernels wake OpenMP threads that spin on the cores DALI's decoding threads need,
+    which made the conversion several times slower inside the running loader (docs/benchmarks.md). OpenCV (`opencv`,
+    the cv2 module) maps the pixels through evaluation.preprocess's table of normalised values (what `normalize`
+    looks up, so bit for bit the same) in one pass, and mirrors the images whose coin in `flips` came up; without it
     numpy looks the pixels up in the same table and the pipeline has flipped. The pixels are read in place and
-    written to a new array, so nothing yielded aliases memory DALI reuses. Whole loader, 2 cores: ~210 CPU-us per
-    image with OpenCV (docs/benchmarks.md); numpy's lookup (np.take) is the slower fallback.
+    written to a new array, so nothing yielded aliases memory DALI reuses. numpy's lookup (np.take) is the slower
+    fallback (figures for both: docs/benchmarks.md).
     """
     pixels = np.asarray(images.as_tensor())
     table = normalize_table()

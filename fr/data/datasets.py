@@ -9,10 +9,10 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 import torch
 
+from fr.data.base import MAX_REPLACEMENTS, DataError, flip_coin
 from fr.data.decode import Decoder, get_decoder, resize_rgb
-from fr.data.image_index import build_index, read_index_keys
-from fr.data.base import DataError
 from fr.data.headers import bad_label, label_of
+from fr.data.image_index import build_index, read_index_keys
 from fr.data.layout import checked_keys, log_skipped, read_layout, record_paths
 from fr.data.recordio import IndexedRecordIO, RecordIOError, unpack
 
@@ -23,7 +23,7 @@ class RecordDataset(torch.utils.data.Dataset):
     """Images and int labels from `root/train.rec`; yields (uint8 CHW tensor, int64 label).
 
     Labels and identity records are checked from the headers when the dataset is built: identity records that
-    disagree with the header are an error naming the record; records with a garbled header or a label that
+    disagree with the header are an error naming the record; records with a corrupt header or a label that
     names no class are skipped (`skipped` counts them, one log line names the first). With a `cache_dir`
     ("" = the default place) the check is the one of `fr.data.image_index`, headers plus a structural image
     check, done once per record file and shared with the DALI loader; without, the headers are checked every
@@ -33,7 +33,7 @@ class RecordDataset(torch.utils.data.Dataset):
     Each worker process opens its own file handle (the reader reopens after fork).
     """
 
-    max_replacements = 16  # consecutive bad records before giving up: the file is then unusable
+    max_replacements = MAX_REPLACEMENTS  # consecutive skipped records before giving up
 
     def __init__(self, root: str, num_classes: int = 0, image_size: int = 112, flip: bool = True,
                  decoder: str = "auto", augment: Optional[Callable[[np.ndarray, np.random.Generator], np.ndarray]] = None,
@@ -78,11 +78,13 @@ class RecordDataset(torch.utils.data.Dataset):
         problem = bad_label(label, self.num_classes)
         if problem is not None:
             raise DataError(f"{self.record.uri}: record {key} {problem}")
-        return decode_image(payload, self.image_size, f"{self.record.uri}: record {key}", self.decode), int(label)
+        image = decode_training_image(payload, self.image_size, f"{self.record.uri}: record {key}", self.decode)
+        return image, int(label)
 
     def load(self, index: int, seed: Optional[int] = None) -> Tuple[torch.Tensor, int, torch.Tensor]:
-        """(uint8 CHW, label, skipped): a bad record is logged and replaced by the next good one; `skipped`
-        holds the keys of the records skipped for this sample (see `skipped_keys`).
+        """(uint8 CHW, label, skipped): a bad record is logged and replaced by the next good one in the data
+        set's key order (not the epoch's order, so the replacement depends on the record alone, whatever the rank
+        or world size); `skipped` holds the keys of the records skipped for this sample (see `skipped_keys`).
 
         `seed` fixes this sample's flip and augmentation (see `to_chw`)."""
         bad = []
@@ -120,13 +122,14 @@ def to_chw(image: np.ndarray, flip: bool, augment=None, seed: Optional[int] = No
         seed = random.getrandbits(63)  # DataLoader seeds `random` per worker
     if augment is not None:
         image = augment(image, np.random.default_rng(seed))
-    if flip and (seed >> 17) & 1:  # a bit of the mixed seed is a fair coin, and far cheaper than a generator
+    if flip and flip_coin(seed):
         image = image[:, ::-1]
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
-def decode_image(payload: bytes, size: int, where: str, decode: Optional[Decoder] = None) -> np.ndarray:
-    """Decode JPEG/PNG bytes to an RGB uint8 HxWx3 array, resized to size x size when it differs."""
+def decode_training_image(payload: bytes, size: int, where: str, decode: Optional[Decoder] = None) -> np.ndarray:
+    """A training image (record payload or image-folder file) as RGB uint8 HxWx3, resized to size x size when it
+    differs; DataError naming `where` when it cannot be decoded."""
     try:
         image = (decode or get_decoder("pillow"))(payload)
         if image.ndim != 3 or image.shape[2] != 3:
@@ -173,7 +176,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             path, label = self.items[item]
             try:
                 with open(path, "rb") as fh:
-                    image = decode_image(fh.read(), self.image_size, path, self.decode)
+                    image = decode_training_image(fh.read(), self.image_size, path, self.decode)
                 break
             except (OSError, DataError) as exc:
                 log.warning("skipping image: %s", exc)

@@ -1,11 +1,11 @@
-"""Checked image-only index files: built once per record file, cached, read by both loaders; DALI shard files.
+"""Checked image-only index files: built once per record file, cached, read by both loaders.
 
-The user's `.idx` also lists the header record 0 and the identity records, which DALI would read as samples,
-and DALI cannot skip an image it fails to decode. So DALI's reader gets an index of the image records that
-passed the header check and the structural image check (`fr.data.verify.check_images`), written once to a
-cache directory. The torch loader trains on the same keys (and so skips the full header scan at each start).
-DALI sorts the offsets it is given, reads each sample up to the next listed offset, and
-shards the sorted list as `[N * rank // world, N * (rank + 1) // world)`; `shard_entries` repeats that split.
+The user's `.idx` also lists the header record 0 and the identity records, which are not samples, and DALI
+cannot skip an image it fails to decode. So both loaders train on an index of the image records that passed the
+header check and the structural image check (`fr.data.verify.check_record_images`), written once to a cache
+directory (the torch loader thereby skips the full header scan at each start). Its order is the one the epochs'
+permutations index (fr.data.base.epoch_order); the DALI loader reads the records at the listed offsets itself
+and feeds them to its pipeline (fr.data.dali).
 """
 from __future__ import annotations
 
@@ -18,11 +18,13 @@ import os
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Sequence, Tuple
 
+import numpy as np
+
 from evaluation.fileio import atomic_write_json, atomic_write_text
 from fr.data.base import DataError
 from fr.data.layout import checked_keys, log_skipped, read_layout, record_paths
 from fr.data.recordio import IndexedRecordIO, MXRecordIO, unpack
-from fr.data.verify import check_images
+from fr.data.verify import check_record_images
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ class ImageIndex:
     path: str
     images: int
     num_classes: int
-    skipped: int  # records skipped: garbled headers, labels that name no class, images failing the check
+    skipped: int  # records skipped: corrupt headers, labels that name no class, images failing the check
     sizes: Dict[Tuple[int, int], int]  # (width, height) -> number of images
 
 
@@ -73,8 +75,8 @@ def build_index(root: str, num_classes: int = 0, cache_dir: str = "") -> ImageIn
 
 def _write_index(record: IndexedRecordIO, layout, classes: int, out: str, meta_path: str) -> None:
     keys, skipped = checked_keys(record, layout, classes)  # DataError for identity records
-    images = check_images(record, keys)
-    skipped.update(images.problems)
+    images = check_record_images(record, keys)
+    skipped.update(images.skipped)
     meta = {"images": len(images.keys), "sizes": [[w, h, n] for (w, h), n in sorted(images.sizes.items())],
             "skipped": {str(key): skipped[key] for key in sorted(skipped)}}
     # Meta first: a crash between the two writes leaves no index without its counts.
@@ -93,33 +95,37 @@ def _exclusive(lock_path: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def undecodable_path(index_path: str) -> str:
-    """Where the records DALI failed to decode while training are listed, beside the index."""
-    return index_path + ".undecodable.json"
+def skipped_path(index_path: str) -> str:
+    """Where the records skipped while training (DALI failed to decode them) are listed, beside the index."""
+    return index_path + ".skipped.json"
 
 
-def read_undecodable(index_path: str) -> Dict[int, str]:
-    """{key: how it was found} of the records DALI failed to decode in earlier runs over this index."""
-    path = undecodable_path(index_path)
-    try:
-        with open(path, "r", encoding="utf-8") as fh:
-            return {int(key): str(how) for key, how in json.load(fh).items()}
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError, AttributeError) as exc:  # a cache: losing it costs one search, not the run
-        log.warning("ignoring %s (%s): records DALI cannot decode will be searched for again", path, exc)
-        return {}
+def read_skipped(index_path: str) -> Dict[int, str]:
+    """{key: how it was found} of the records DALI failed to decode in earlier runs over this index.
+
+    Also reads `<index>.undecodable.json`, the list's earlier name, so a cache written before keeps its list.
+    """
+    known: Dict[int, str] = {}
+    for path in (index_path + ".undecodable.json", skipped_path(index_path)):
+        try:
+            with open(path, "r", encoding="utf-8") as fh:
+                known.update({int(key): str(how) for key, how in json.load(fh).items()})
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, AttributeError) as exc:  # a cache: losing it costs one search, not the run
+            log.warning("ignoring %s (%s): records DALI cannot decode will be searched for again", path, exc)
+    return known
 
 
-def record_undecodable(index_path: str, found: Dict[int, str]) -> None:
+def add_skipped(index_path: str, found: Dict[int, str]) -> None:
     """Adds `found` ({key: how}) to the list beside the index, so later runs leave them out from the start.
 
     Ranks that find records at the same time merge their lists under the index's lock.
     """
     with _exclusive(index_path + ".lock"):
-        known = read_undecodable(index_path)
+        known = read_skipped(index_path)
         known.update(found)
-        atomic_write_json(undecodable_path(index_path), {str(key): known[key] for key in sorted(known)})
+        atomic_write_json(skipped_path(index_path), {str(key): known[key] for key in sorted(known)})
 
 
 def _default_cache_dir(root: str) -> str:
@@ -135,29 +141,16 @@ def read_index_keys(index_path: str) -> List[int]:
         return [int(line.split("\t", 1)[0]) for line in fh]
 
 
-def shard_entries(index_path: str, rank: int, world: int) -> List[Tuple[int, int]]:
-    """(key, offset) of the records DALI's reader gives shard `rank` of `world`, in offset order."""
-    with open(index_path, "r", encoding="ascii") as fh:
-        entries = sorted(((int(key), int(offset)) for key, offset in (line.split() for line in fh)),
-                         key=lambda entry: entry[1])
-    return entries[len(entries) * rank // world:len(entries) * (rank + 1) // world]
-
-
-def write_shard_index(index_path: str, rank: int, world: int, excluded: Sequence[int]) -> Tuple[str, int]:
-    """This rank's shard minus `excluded` keys as its own index file (read with one shard); (path, images).
-
-    Other ranks keep reading the shared index: their shards do not move when this rank drops a record.
-    """
-    drop = set(excluded)
-    entries = [(key, offset) for key, offset in shard_entries(index_path, rank, world) if key not in drop]
-    digest = hashlib.sha1(",".join(map(str, sorted(drop))).encode()).hexdigest()[:12]
-    path = f"{index_path[:-len('.idx')]}.rank{rank}of{world}.{digest}.idx"
-    atomic_write_text(path, "".join(f"{key}\t{offset}\n" for key, offset in entries))
-    return path, len(entries)
+def read_index_entries(index_path: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(keys, offsets) of the records listed in an index file, in its order, as int64 arrays (16 bytes per record;
+    Python ints in lists would take several times that for tens of millions of records)."""
+    with open(index_path, "rb") as fh:
+        values = np.array(fh.read().split(), dtype=np.int64)
+    return values[0::2], values[1::2]
 
 
 def read_payloads(rec_path: str, entries: Sequence[Tuple[int, int]]) -> Iterator[Tuple[int, bytes]]:
-    """(key, image payload) of each (key, offset), as DALI's parser cuts it out of the record."""
+    """(key, image payload) of each (key, offset), as the DALI loader feeds it to its pipeline."""
     with MXRecordIO(rec_path, "r") as reader:
         for key, offset in entries:
             reader.handle.seek(offset)

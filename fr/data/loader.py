@@ -1,19 +1,18 @@
-"""build_loader: rank-sharded batches of normalised images and labels on the training device."""
+"""build_loader: each rank's part of the global batches of normalised images and labels, on the training device."""
 from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING, Dict, Iterator, Set, Tuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from evaluation.preprocess import normalize
 from fr.data.augment import build_augment
-from fr.data.base import DataError, EpochPosition
+from fr.data.base import DataError, EpochPosition, epoch_order, rank_batches, sample_seed
 from fr.data.datasets import RecordDataset, open_dataset
 from fr.distributed import DistEnv
 from fr.registry import Registry
-from fr.seeding import mix_seed
 
 if TYPE_CHECKING:  # fr.config validates data.loader against LOADERS, so it must not be imported back
     from fr.config import DataConfig
@@ -39,51 +38,48 @@ class _Counting(Dataset):
 
 
 class ResumableSampler(Sampler):
-    """This rank's share of the epoch's permutation (DistributedSampler, drop_last), from position `start`,
-    each index paired with a per-sample seed mixed from (seed, epoch, index).
+    """This rank's samples of the epoch's global batches (see fr.data.base.EpochPosition), from global batch
+    `start` on, each data-set index paired with its `sample_seed`, which fixes the sample's flip and
+    augmentation: a resumed run, another worker count or another world size draws the same for it."""
 
-    The seed fixes the sample's flip and augmentation, so a run resumed mid-epoch draws exactly what the
-    uninterrupted run would have, whatever the number of workers.
-    """
-
-    def __init__(self, dataset: Dataset, env: DistEnv, seed: int):
-        self.permutation = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank,
-                                              shuffle=True, seed=seed, drop_last=True)
-        self.seed, self.epoch, self.start = seed, 0, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.permutation.set_epoch(epoch)
+    def __init__(self, size: int, batch_size: int, env: DistEnv):
+        self.size, self.batch_size, self.world, self.rank = size, batch_size, env.world_size, env.rank
+        self.seed, self.epoch, self.start = 0, 0, 0
 
     def __len__(self) -> int:
-        return len(self.permutation) - self.start
+        return max(0, self.size // (self.batch_size * self.world) - self.start) * self.batch_size
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
-        indices = list(self.permutation)[self.start:]
-        return iter([(index, mix_seed(self.seed, self.epoch, index)) for index in indices])
+        batches = rank_batches(epoch_order(self.size, self.seed, self.epoch), self.batch_size, self.world, self.rank)
+        indices = batches[self.start:].reshape(-1).tolist()
+        return iter([(index, sample_seed(self.seed, self.epoch, index)) for index in indices])
 
 
 class DeviceLoader(EpochPosition):
-    """Iterates (images [B,3,H,W] float in [-1,1], labels [B] int64) on `device`; every rank sees
-    the same number of equally sized batches (the head's all-gather needs equal sizes).
+    """Iterates (images [B,3,H,W] float in [-1,1], labels [B] int64) on `device`: this rank's part of each
+    global batch of the epoch's order (fr.data.base), so every rank yields the same number of equally sized
+    batches (the head's all-gather needs equal sizes) and the samples do not depend on the world size.
 
     `skipped` counts the records skipped by the check before training plus those replaced while training
     because they could not be read or decoded, each record once (not once per epoch or per replacement),
-    for the trainer's logs. `state_dict` holds the epoch and the batches consumed in it,
-    so a resumed loader continues mid-epoch with the same samples, flips and augmentations.
+    for the trainer's logs. A record that fails is replaced by the dataset (`RecordDataset.load`: the next
+    readable record in the data set's key order, drawn with the failed sample's seed), which depends on the
+    record alone, not on the rank or world size. `state_dict` holds the position (`EpochPosition.position`)
+    and the skipped keys, so a resumed loader continues mid-epoch with the same samples, flips and
+    augmentations, also under another world size with the same global batch.
     """
 
     def __init__(self, dataset: RecordDataset, batch_size: int, env: DistEnv, num_workers: int, seed: int):
         self.dataset = dataset
         self.device = env.device
-        self.batch_size = batch_size
+        self.batch_size, self.world, self.seed = batch_size, env.world_size, seed
         self.skipped_by_check = int(getattr(dataset, "skipped", 0))  # skipped by the check before training
         self.skipped_keys: Set[int] = set()  # skipped while training
-        self.sampler = ResumableSampler(dataset, env, seed)
-        self.steps = len(self.sampler) // batch_size
+        self.sampler = ResumableSampler(len(dataset), batch_size, env)
+        self.steps = len(dataset) // self.global_batch
         if self.steps < 1:
-            raise DataError(f"data.batch_size={batch_size} is larger than this rank's share of the data set "
-                             f"({len(self.sampler)} of {len(dataset)} images over {env.world_size} ranks)")
+            raise DataError(f"data.batch_size={batch_size} on {env.world_size} ranks is a global batch of "
+                            f"{self.global_batch} images, more than the data set holds ({len(dataset)})")
         self.loader = DataLoader(_Counting(dataset), batch_size=batch_size, sampler=self.sampler,
                                  num_workers=num_workers, drop_last=True, pin_memory=self.device.type == "cuda",
                                  persistent_workers=num_workers > 0)
@@ -97,20 +93,19 @@ class DeviceLoader(EpochPosition):
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         non_blocking = self.device.type == "cuda"
-        self.sampler.set_epoch(self.epoch)
-        self.sampler.start = self.consumed * self.batch_size
+        self.sampler.seed, self.sampler.epoch, self.sampler.start = self.seed, self.epoch, self.consumed
         for images, labels, skipped in self.loader:
             self.skipped_keys.update(key for key in skipped.flatten().tolist() if key >= 0)
             images = normalize(images.to(self.device, non_blocking=non_blocking))
-            self.consumed += 1
+            self._yielded()
             yield images, labels.to(self.device, non_blocking=non_blocking).long()
         self._end_epoch()
 
-    def state_dict(self) -> Dict[str, int]:
-        return {"epoch": self.epoch, "consumed": self.consumed, "skipped_keys": sorted(self.skipped_keys)}
+    def state_dict(self) -> Dict[str, object]:
+        return {**self.position(), "skipped_keys": sorted(self.skipped_keys)}
 
-    def load_state_dict(self, state: Dict[str, int]) -> None:
-        self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        self.restore_position(state)
         self.skipped_keys = {int(key) for key in state.get("skipped_keys", ())}
 
 
