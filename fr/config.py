@@ -204,8 +204,12 @@ class TrainConfig:
     channels_last: bool = False    # NHWC memory format for the backbone (faster convs on CPU and tensor cores)
     resume: str = ""               # "" = fresh run; "auto" = continue from output.dir's last checkpoint if any;
                                    # or a run dir / its checkpoints dir / one step_* dir to continue from
+    strategy: str = "ddp"          # how the backbone trains data-parallel (fr.train.strategy.STRATEGIES)
+    max_nonfinite_steps: int = 20  # consecutive skipped (NaN/inf) steps that stop the run
 
     def validate(self) -> None:
+        from fr.train.strategy import STRATEGIES
+
         if self.epochs <= 0 and self.max_steps <= 0:
             raise ConfigError("train.epochs or train.max_steps must be > 0")
         _non_negative("train.max_steps", self.max_steps)
@@ -213,6 +217,9 @@ class TrainConfig:
         _check_choice("train.amp", self.amp, typing.get_args(Amp))
         _positive("train.log_every", self.log_every)
         _non_negative("train.threads", self.threads)
+        _check_choice("train.strategy", self.strategy, STRATEGIES.choices())
+        if self.max_nonfinite_steps < 1:
+            raise ConfigError(f"train.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
 
 
 @dataclass

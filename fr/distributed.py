@@ -81,9 +81,24 @@ def init_distributed(device_preference: str = "auto", timeout_s: float = 1800.0)
         from datetime import timedelta
 
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
-                                timeout=timedelta(seconds=timeout_s))
+                                timeout=timedelta(seconds=timeout_s),
+                                store=restart_attempt_store(world_size, timedelta(seconds=timeout_s)))
         log.info("joined process group: rank %d/%d, backend %s, device %s", rank, world_size, backend, device)
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def restart_attempt_store(world_size: int, timeout) -> Optional[dist.Store]:
+    """Under torchrun, the agent's store with this restart attempt's keys kept apart; None elsewhere (env://).
+
+    torchrun keeps one store for all attempts of `--max-restarts`, and a group started again after a worker
+    died would read the keys the dead attempt left: gloo then dials the dead workers' addresses (connection
+    refused) and NCCL would take their ids. Prefixing by TORCHELASTIC_RESTART_COUNT gives each attempt its own.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ.get("MASTER_ADDR", "localhost"), _env_int("MASTER_PORT", 29500), world_size,
+                          is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"fr/attempt_{_env_int('TORCHELASTIC_RESTART_COUNT', 0)}", store)
 
 
 def env_from_group(device: Optional[torch.device] = None) -> DistEnv:

@@ -16,7 +16,7 @@ from evaluation.metrics import Roc
 from evaluation.plot import plot_roc
 from fr.data.writer import InsightfaceRecordWriter
 from fr.fileio import remove_stale_temporaries
-from fr.train.checkpoint import atomic_save
+from fr.train.model_file import atomic_save
 
 
 def test_failed_write_keeps_the_old_file(tmp_path):

@@ -6,8 +6,8 @@ import os
 import sys
 from typing import List, Optional
 
-from fr.cli.common import UsageError, run_cli, setup_logging
 from evaluation.fileio import atomic_write, atomic_write_json
+from fr.cli.common import UsageError, run_cli, setup_logging
 
 VERIFY_TARGETS = "lfw,cfp_fp,agedb_30,calfw,cplfw"
 
@@ -22,15 +22,11 @@ def _load_model(args: argparse.Namespace, device=None):
         from evaluation.onnx_model import OnnxBackbone
 
         return OnnxBackbone(args.checkpoint), torch.device("cpu")
-    from fr.train.checkpoint import load_backbone
+    from fr.train.model_file import load_backbone
 
     device = device or choose_device(args.device, 0)
     return load_backbone(args.checkpoint, backbone=args.backbone, embedding_size=args.embedding_size,
                          device=device), device
-
-
-def _write_json(path: str, payload: dict) -> None:
-    atomic_write_json(path, payload)
 
 
 def _bin_paths(args: argparse.Namespace) -> List[str]:
@@ -64,7 +60,7 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"{name:<16}{row['accuracy']:>10.5f}{row['std']:>10.5f}{row['xnorm']:>10.3f}"
               f"{row['val']:>10.5f}{row['auc'] if row['auc'] is not None else float('nan'):>10.5f}")
     if args.json:
-        _write_json(args.json, {"checkpoint": args.checkpoint, "results": rows})
+        atomic_write_json(args.json, {"checkpoint": args.checkpoint, "results": rows})
     return 0
 
 
@@ -141,7 +137,7 @@ def _ijb(args: argparse.Namespace) -> int:
                   f"{tpir['1e-02']:>11.2f}{tpir['1e-01']:>11.2f}")
         _print_dropped(results["dropped"])
     if args.json:
-        _write_json(args.json, payload)
+        atomic_write_json(args.json, payload)
     return 0
 
 

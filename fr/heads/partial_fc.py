@@ -20,6 +20,26 @@ _SAMPLE_STREAM = 2
 UPDATE_MODES = ("dense", "sparse")
 
 
+class _HostCopy:
+    """A small device tensor copied to the host without waiting: `tolist()` waits for that copy alone (on the
+    CPU the tensor is read as it is)."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self.done: Optional[torch.Event] = None
+        if tensor.device.type == "cpu":
+            self.host = tensor
+            return
+        self.host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        self.host.copy_(tensor, non_blocking=True)
+        self.done = torch.Event(device=tensor.device)
+        self.done.record()
+
+    def tolist(self) -> list:
+        if self.done is not None:
+            self.done.synchronize()
+        return self.host.numpy().tolist()  # host memory: nothing to wait for
+
+
 def shard_range(num_classes: int, world_size: int, rank: int) -> Tuple[int, int]:
     """(class_start, num_local) of `rank`: contiguous shards; the first num_classes % world_size ranks get one extra."""
     base, extra = divmod(num_classes, world_size)
@@ -83,6 +103,8 @@ class PartialFC(nn.Module):
         self.update = update
         self.interclass_filtering_threshold = threshold
         self._sparse_pending: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        self._pending_check: Optional[_HostCopy] = None
+        self._checked_once = False
         self._spare_rows: Optional[torch.Tensor] = None
         self.env = env
         self.embedding_size = int(embedding_size)
@@ -196,12 +218,32 @@ class PartialFC(nn.Module):
         return all_reduce(target.contiguous(), self.env, op="sum")
 
     def _check_batch(self, local_labels: torch.Tensor) -> None:
-        """Raise, on every rank alike, unless all ranks pass the same non-zero batch with labels in range."""
+        """Raise, on every rank alike, unless all ranks pass the same non-zero batch with labels in range.
+
+        The ranks agree with one small max-reduction whose result is copied to the host without waiting for it:
+        the first forward's is read at once (a misconfigured launch stops before its all-gather), each later
+        one's at the next forward or `check_last_batch()`, when it is long complete, so checking costs no host
+        synchronisation per step. A later mismatch is then reported one step late, on every rank."""
+        self.check_last_batch()
         b = local_labels.shape[0]
+
+        def value(number: int) -> torch.Tensor:  # filled on the device: no host-to-device copy to wait for
+            return torch.full((), number, dtype=torch.long, device=local_labels.device)
+
         # Negated entries let one max-reduction also yield the minima.
-        extremes = torch.stack([local_labels.max(), -local_labels.min()]) if b else local_labels.new_tensor([-1, 0])
-        stats = torch.cat([local_labels.new_tensor([b, -b]), extremes])
-        max_b, neg_min_b, hi, neg_lo = all_reduce(stats, self.env, op="max").tolist()
+        extremes = [local_labels.max(), -local_labels.min()] if b else [value(-1), value(0)]
+        stats = torch.stack([value(b), value(-b), *extremes])
+        self._pending_check = _HostCopy(all_reduce(stats, self.env, op="max"))
+        if not self._checked_once:
+            self._checked_once = True
+            self.check_last_batch()
+
+    def check_last_batch(self) -> None:
+        """Raise (on every rank alike) if the last forward's batch broke the rules of `_check_batch`."""
+        pending, self._pending_check = self._pending_check, None
+        if pending is None:
+            return
+        max_b, neg_min_b, hi, neg_lo = pending.tolist()
         if max_b != -neg_min_b:
             raise ValueError(f"every rank must pass the same number of embeddings per step, got between "
                              f"{-neg_min_b} and {max_b} (drop the last incomplete batch)")

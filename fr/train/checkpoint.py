@@ -1,121 +1,361 @@
-"""Checkpoint files: atomic writes of `model.pt` (the backbone state_dict) and loading it back into a backbone."""
+"""CheckpointManager: every rank's training state, found from `train.resume`, read and checked before training,
+saved at its cadence and pruned, written so that a crash never leaves a bad one.
+
+Layout under `<output.dir>/checkpoints/`:
+
+    step_00001200/rank00000.pt   one file per rank, a dict of the tracked parts' states: "strategy" (backbone,
+                                 its optimizer, LR schedule and loss scaler), "head" (this rank's Partial FC
+                                 shard, its own optimizer and LR schedule), "loader" (position), "trainer"
+                                 (step, epoch, history, skip counts), and "rng" (every RNG's state)
+    step_00001200/manifest.json  written by rank 0 once every rank's file is complete: step, world size,
+                                 file sizes, and the settings a resumed run must share
+    latest.json                  the newest complete step directory, replaced atomically after its manifest
+
+A crash while writing leaves `latest.json` naming the previous, whole checkpoint; older ones are pruned only
+after that. Files live on a file system every rank can reach (as for insightface's per-rank checkpoints).
+"""
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
-from typing import Any, Dict, Optional
+import shutil
+from typing import Any, Dict, List, Optional, Protocol, Tuple
 
 import torch
-from torch import nn
 
-from evaluation.errors import UserInputError
-from evaluation.fileio import atomic_write
-from fr.config import Config, ConfigError, load_file
+from evaluation.fileio import atomic_write_json
+from fr.config import Config, get_value
+from fr.distributed import DistEnv, all_gather_object, all_reduce, barrier
+from fr.fileio import remove_stale_temporaries
+from fr.seeding import rng_state, set_rng_state
+from fr.train.model_file import CheckpointError, atomic_save, load_error
 
+log = logging.getLogger("fr.train")
 
-class CheckpointError(UserInputError):
-    """A checkpoint that cannot be read or does not fit the model; the message names the file."""
+FORMAT = 2  # 2: the backbone's optimizer (the strategy's) and the head's are saved apart
+POINTER = "latest.json"
+MANIFEST = "manifest.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+_STEP_FILES = r"rank\d{5}\.pt|" + re.escape(MANIFEST)  # what a step directory holds (as a regex)
 
-
-def load_error(path: str, exc: Exception, what: str = "checkpoint") -> CheckpointError:
-    """One line for a failed `torch.load(weights_only=True)`: the refused global (code the file would run), or
-    the reason without torch's multi-line preamble (which suggests weights_only=False)."""
-    text = str(exc)
-    refused = re.search(r"GLOBAL ([\w.]+)", text)
-    if refused:
-        return CheckpointError(f"{path}: refused to load global '{refused.group(1)}' "
-                               "(a checkpoint holds only tensors and plain data)")
-    detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", text) or re.search(r"(\S.*)", text)
-    reason = f": {detail.group(1).strip()}" if detail else ""
-    return CheckpointError(f"{path}: not a readable {what} ({type(exc).__name__}{reason})")
+# Settings that fix tensor shapes, the class sharding or the optimizer state: a resumed run must share them.
+MUST_MATCH = ("model.backbone", "model.embedding_size", "model.kwargs", "data.batch_size", "loss.name",
+              "partial_fc.update", "partial_fc.sample_rate", "optim.name")
 
 
-def atomic_save(obj: Any, path: str) -> None:
-    """torch.save to a temporary file in the same directory, fsync, then rename over `path`.
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint file that is missing, truncated, unreadable or disagrees with its manifest (not a setting
+    of this run): `train.resume=auto` warns and falls back to the previous whole checkpoint."""
 
-    A crash at any moment leaves either the previous file or the new one, never a truncated one.
+
+class Stateful(Protocol):
+    def state_dict(self) -> Dict[str, Any]: ...
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None: ...
+
+
+def rank_file(rank: int) -> str:
+    return f"rank{rank:05d}.pt"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def run_settings(cfg: Config, num_classes: int) -> Dict[str, Any]:
+    """The MUST_MATCH settings of `cfg` plus the class count, as recorded in a manifest."""
+    settings = {key: get_value(cfg, key) for key in MUST_MATCH}
+    settings["num_classes"] = num_classes
+    return json.loads(json.dumps(settings))  # JSON-normalised (tuples -> lists), as read back from a manifest
+
+
+class CheckpointManager:
+    """Owns the run's resumable checkpoints; every method that reads or writes one is a collective call.
+
+    Built before training with `train.resume` ("" fresh, "auto", or a path; see `resume_candidates`), which is
+    resolved at once. `prepare(settings)` then reads this rank's state and checks it against the run, before
+    anything is written. The trainer registers the stateful parts (`track`), calls `load()` once and
+    `maybe_save(step)` after every step; the manager keeps the cadence: every `every` steps, or at each
+    epoch's end when `every` is 0 (`maybe_save(step, epoch_end=True)`), plus `save(step)` at the end of the
+    run or on a stop signal; at most once per step. `keep` newest step directories are kept.
+
+    With `resume=auto`, a damaged checkpoint (a missing, truncated or unreadable rank file on any rank, or a
+    manifest that disagrees with the files) is skipped with a warning naming the file, for the previous whole
+    one; a named step directory, or a checkpoint of other settings (class count, model, world size, ...), is a
+    one-line error instead. With `enabled=False` (output.save_state=false) nothing is written.
     """
-    atomic_write(path, lambda fh: torch.save(obj, fh))
+
+    def __init__(self, out_dir: str, env: DistEnv, resume: str = "", every: int = 0, keep: int = 1,
+                 enabled: bool = True):
+        self.directory = os.path.join(out_dir, "checkpoints")
+        self.env, self.every, self.keep, self.enabled = env, every, keep, enabled
+        self.resume, self.candidates = resume, resume_candidates(resume, out_dir)
+        self.settings: Dict[str, Any] = {}
+        self.parts: Dict[str, Stateful] = {}
+        self.resume_dir: Optional[str] = None
+        self._state: Optional[Dict[str, Any]] = None  # read by prepare(), applied by load()
+        self._saved: Tuple[int, Optional[str]] = (-1, None)
+
+    # ------------------------------------------------------------------------------------------ reading
+    def prepare(self, settings: Dict[str, Any]) -> Optional[int]:
+        """Record this run's settings and read the checkpoint to resume from, if any; returns its step.
+
+        Every rank tries the same candidates in the same order and they agree, with one gather of their
+        problems, on the first one that every rank could read."""
+        self.settings = settings
+        problems: List[str] = []
+        for step_dir in self.candidates:
+            try:
+                state, problem = load_rank_state(step_dir, self.env, settings), None
+            except CheckpointError as exc:
+                state, problem = None, (str(exc), isinstance(exc, DamagedCheckpoint))
+            reports = [report for report in all_gather_object(problem, self.env) if report is not None]
+            if not reports:
+                self._state, self.resume_dir = state, step_dir
+                return self.resumed_step
+            fatal = [message for message, damaged in reports if not damaged]
+            if fatal or self.resume != "auto":
+                raise CheckpointError((fatal or [reports[0][0]])[0])
+            problems.extend(message for message, _ in reports)
+            if self.env.is_main:
+                log.warning("train.resume=auto: %s; falling back to the previous checkpoint",
+                            "; ".join(message for message, _ in reports))
+        if problems:
+            raise CheckpointError(f"train.resume=auto: no whole checkpoint left in {self.directory} (the newest "
+                                  f"problem: {problems[0]}); continue with output.overwrite=true to start afresh")
+        return None
+
+    @property
+    def resumed_step(self) -> Optional[int]:
+        """The step of the checkpoint `prepare` read (None for a fresh run)."""
+        return int(self._state["trainer"]["step"]) if self._state is not None else None
+
+    def track(self, **parts: Stateful) -> None:
+        """Add stateful parts (state_dict/load_state_dict), saved and restored under their names."""
+        self.parts.update(parts)
+
+    def load(self) -> bool:
+        """Restore every tracked part (then the RNGs) from the prepared checkpoint; False for a fresh run."""
+        state, self._state = self._state, None  # the head shard can be gigabytes: keep no second copy
+        if state is None:
+            return False
+        missing = [name for name in self.parts if name not in state]
+        if missing:
+            raise CheckpointError(f"{self.resume_dir}: has no {missing[0]!r} state")
+        for name, part in self.parts.items():
+            part.load_state_dict(state[name])
+        set_rng_state(state["rng"], self.env.device)
+        self._saved = (int(state["trainer"]["step"]), self.resume_dir)
+        return True
+
+    # ------------------------------------------------------------------------------------------ writing
+    def maybe_save(self, step: int, epoch_end: bool = False) -> Optional[str]:
+        """Save if the cadence says so: every `every` steps, or at an epoch's end when `every` is 0."""
+        due = not self.every if epoch_end else bool(self.every) and step % self.every == 0
+        return self.save(step) if due else None
+
+    def save(self, step: int) -> Optional[str]:
+        """Write every rank's state at `step` (once per step); the step directory, or None when disabled."""
+        if not self.enabled:
+            return None
+        if self._saved[0] != step:
+            self._saved = (step, self._write(step))
+        return self._saved[1]
+
+    def _write(self, step: int) -> str:
+        step_dir = os.path.join(self.directory, step_dir_name(step))
+        path = os.path.join(step_dir, rank_file(self.env.rank))
+        manifest_path = os.path.join(step_dir, MANIFEST)
+        if self.env.is_main and os.path.exists(manifest_path):
+            # A directory of an abandoned run with this step: unmark it before its files are replaced one by
+            # one, so that a crash meanwhile cannot leave a manifest over a mix of old and new files.
+            os.remove(manifest_path)
+        barrier(self.env)  # every rank, always: a rank that looked after the removal would skip it and deadlock
+        state: Dict[str, Any] = {"format": FORMAT}
+        for name, part in self.parts.items():
+            state[name] = part.state_dict()
+        state["rng"] = rng_state(self.env.device)
+        atomic_save(state, path)
+        # Every rank's file size reaches rank 0, which records them so that a truncated copy is detected.
+        sizes = torch.zeros(self.env.world_size, dtype=torch.int64, device=self.env.device)
+        sizes[self.env.rank] = os.path.getsize(path)
+        sizes = all_reduce(sizes, self.env).tolist()
+        if self.env.is_main:
+            manifest = {"format": FORMAT, "step": step, "epoch": state.get("trainer", {}).get("epoch"),
+                        "world_size": self.env.world_size,
+                        "files": {rank_file(r): size for r, size in enumerate(sizes)},
+                        "settings": self.settings}
+            atomic_write_json(manifest_path, manifest)
+            atomic_write_json(os.path.join(self.directory, POINTER), {"step": step, "dir": step_dir_name(step)})
+            self._prune(step)
+            log.info("saved a resumable checkpoint at step %d: %s", step, step_dir)
+        barrier(self.env)
+        return step_dir
+
+    def _prune(self, current: int) -> None:
+        """Delete the older step directories beyond `keep`; newer ones (from an abandoned run) are left alone."""
+        older = sorted((int(m.group(1)), name) for name in os.listdir(self.directory)
+                       if (m := _STEP_DIR.match(name)) and int(m.group(1)) < current)
+        for _, name in older[:max(0, len(older) - (self.keep - 1))]:
+            shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside DDP/DeepSpeed-style wrappers."""
-    return getattr(model, "module", model)
+def _step_dirs(directory: str) -> List[str]:
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [os.path.join(directory, name) for name in sorted(names)
+            if _STEP_DIR.match(name) and os.path.isdir(os.path.join(directory, name))]
 
 
-def backbone_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """CPU copy of the backbone's state_dict, with wrapper prefixes removed."""
-    return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+def remove_stale_checkpoint_temporaries(directory: str) -> List[str]:
+    """Delete the temporaries a killed run left in `directory` (the pointer's) and its step directories."""
+    removed = remove_stale_temporaries(directory, re.escape(POINTER))
+    for step_dir in _step_dirs(directory):
+        removed += remove_stale_temporaries(step_dir, _STEP_FILES)
+    return removed
 
 
-def load_state_dict_file(path: str) -> Dict[str, torch.Tensor]:
-    """Read a `model.pt` state_dict (insightface's or fr's), with one-line errors for bad files."""
+def discard_checkpoints(directory: str) -> List[str]:
+    """Delete an earlier run's checkpoints in `directory`: the pointer first (so that nothing resumes from a
+    half-deleted run), then each step directory's files. Files fr did not write stay, and so do the
+    directories holding them. Returns the paths removed."""
+    removed = remove_stale_checkpoint_temporaries(directory)
+    pointer = os.path.join(directory, POINTER)
+    if os.path.isfile(pointer):
+        os.remove(pointer)
+        removed.append(pointer)
+    own = re.compile(rf"^(?:{_STEP_FILES})$")
+    for step_dir in _step_dirs(directory):
+        manifest = os.path.join(step_dir, MANIFEST)
+        if os.path.isfile(manifest):  # unmark it before its rank files go, as CheckpointManager does
+            os.remove(manifest)
+            removed.append(manifest)
+        for name in sorted(os.listdir(step_dir)):
+            path = os.path.join(step_dir, name)
+            if own.match(name) and os.path.isfile(path):
+                os.remove(path)
+                removed.append(path)
+        if not os.listdir(step_dir):
+            os.rmdir(step_dir)
+    return removed
+
+
+def resume_candidates(resume: str, out_dir: str) -> List[str]:
+    """The step directories to try, in order, for `train.resume`; [] for a fresh run.
+
+    `resume` is "" (fresh), "auto" (the newest complete checkpoint in `out_dir`, then the older complete ones
+    newest first, as fallbacks; [] when there is none yet), or a path: a run directory, its `checkpoints`
+    directory, or one `step_*` directory (that checkpoint only).
+    """
+    pointer = os.path.join(out_dir, "checkpoints", POINTER)
+    if not resume:  # a fresh run; fr.train.run refuses one over an earlier run unless output.overwrite is set
+        return []
+    if resume == "auto":
+        if not os.path.isfile(pointer):
+            log.info("train.resume=auto: no checkpoint in %s, starting a fresh run", out_dir)
+            return []
+        return _newest_first(pointer)
+    if not os.path.exists(resume):
+        raise CheckpointError(f"train.resume={resume}: no such file or directory")
+    for candidate in (os.path.join(resume, "checkpoints", POINTER), os.path.join(resume, POINTER)):
+        if os.path.isfile(candidate):
+            return [_follow_pointer(candidate)]
+    if os.path.isfile(os.path.join(resume, MANIFEST)):
+        return [resume]
+    if _STEP_DIR.match(os.path.basename(os.path.normpath(resume))):
+        raise CheckpointError(f"{resume} has no {MANIFEST}: that checkpoint was never completed (the run stopped "
+                              f"while writing it); resume from an earlier one or from the run directory")
+    raise CheckpointError(f"train.resume={resume}: expected a run directory, its checkpoints/ directory or a "
+                          f"step_* directory (none of {POINTER} or {MANIFEST} found)")
+
+
+def _read_json(path: str) -> Dict[str, Any]:
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def _pointed_dir(pointer: str) -> str:
+    name = _read_json(pointer).get("dir")
+    if not isinstance(name, str) or not _STEP_DIR.match(name):
+        raise CheckpointError(f"{pointer}: field 'dir' must name a step_* directory, got {name!r}")
+    return os.path.join(os.path.dirname(pointer), name)
+
+
+def _follow_pointer(pointer: str) -> str:
+    step_dir = _pointed_dir(pointer)
+    if not os.path.isfile(os.path.join(step_dir, MANIFEST)):
+        raise CheckpointError(f"{pointer} names {step_dir}, which has no {MANIFEST}")
+    return step_dir
+
+
+def _newest_first(pointer: str) -> List[str]:
+    """The pointer's step directory, then the complete (manifested) older ones, newest first. Newer ones are
+    left out: they belong to a run that was abandoned when an older checkpoint was resumed."""
+    def step_of(step_dir: str) -> int:
+        return int(_STEP_DIR.match(os.path.basename(step_dir)).group(1))
+
+    latest = _pointed_dir(pointer)
+    older = [d for d in _step_dirs(os.path.dirname(pointer))
+             if step_of(d) < step_of(latest) and os.path.isfile(os.path.join(d, MANIFEST))]
+    return [latest] + sorted(older, key=step_of, reverse=True)
+
+
+def load_rank_state(step_dir: str, env: DistEnv, settings: Dict[str, Any]) -> Dict[str, Any]:
+    """This rank's saved state from `step_dir`, after checking the manifest against the files and this run.
+
+    A problem with the files raises DamagedCheckpoint; one with this run's settings, world size or fr
+    version, a plain CheckpointError."""
+    manifest_path = os.path.join(step_dir, MANIFEST)
+    if not os.path.isfile(manifest_path):
+        raise DamagedCheckpoint(f"{step_dir} has no {MANIFEST}")
+    try:
+        manifest = _read_json(manifest_path)
+    except CheckpointError as exc:
+        raise DamagedCheckpoint(str(exc)) from None
+    for key in ("format", "step", "world_size", "files", "settings"):
+        if key not in manifest:
+            raise DamagedCheckpoint(f"{manifest_path}: missing field {key!r}")
+    if manifest["format"] != FORMAT:
+        raise CheckpointError(f"{manifest_path}: format {manifest['format']}, this version of fr reads {FORMAT}")
+    named = _STEP_DIR.match(os.path.basename(os.path.normpath(step_dir)))
+    if named and int(named.group(1)) != manifest["step"]:
+        raise DamagedCheckpoint(f"{manifest_path} records step {manifest['step']}, not that of its directory")
+    world = manifest["world_size"]
+    if not isinstance(world, int) or sorted(manifest["files"]) != [rank_file(r) for r in range(world)]:
+        raise DamagedCheckpoint(f"{manifest_path}: its files {sorted(manifest['files'])} do not match its world "
+                                f"size {world!r}")
+    if world != env.world_size:
+        raise CheckpointError(f"{step_dir} was written by {world} ranks but this run has "
+                              f"{env.world_size}: the Partial FC head is sharded by rank, so resume with the "
+                              f"same number of processes")
+    for key, saved in manifest["settings"].items():
+        if key in settings and settings[key] != saved:
+            raise CheckpointError(f"{step_dir}: {key} was {saved!r} in the checkpointed run but is "
+                                  f"{settings[key]!r} now; resume with the same value")
+    name = rank_file(env.rank)
+    path = os.path.join(step_dir, name)
+    expected = manifest["files"][name]
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise DamagedCheckpoint(f"{path} is missing (listed in {manifest_path})")
+    if os.path.getsize(path) != expected:
+        raise DamagedCheckpoint(f"{path} is {os.path.getsize(path)} bytes but {manifest_path} records {expected}: "
+                                f"the file was truncated or replaced")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, pickle garbage, ...
-        raise load_error(path, exc, "PyTorch checkpoint") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a state_dict (a mapping of names to tensors)")
-    # Checkpoints saved from a DDP-wrapped model carry a 'module.' prefix.
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    except Exception as exc:  # a corrupt zip, pickle garbage, a refused global, ...
+        raise DamagedCheckpoint(str(load_error(path, exc))) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise DamagedCheckpoint(f"{path}: not an fr training-state file (format {FORMAT})")
+    if not isinstance(state.get("trainer"), dict) or state["trainer"].get("step") != manifest["step"]:
+        raise DamagedCheckpoint(f"{path}: its step does not match {manifest_path} ({manifest['step']})")
     return state
-
-
-def load_into(model: nn.Module, state: Dict[str, torch.Tensor], source: str, backbone_name: str) -> nn.Module:
-    """load_state_dict(strict) with an error that says which backbone and which keys disagree."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        if shapes:
-            k = shapes[0]
-            parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: checkpoint {tuple(state[k].shape)} "
-                         f"vs model {tuple(own[k].shape)})")
-        raise CheckpointError(f"{source} does not match backbone {backbone_name!r}: {'; '.join(parts)}")
-    model.load_state_dict(state, strict=True)
-    return model
-
-
-def find_run_config(checkpoint: str) -> Optional[Config]:
-    """The config.json saved beside a checkpoint (or in a run directory), if there is one."""
-    directory = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(os.path.abspath(checkpoint))
-    path = os.path.join(directory, "config.json")
-    if not os.path.isfile(path):
-        return None
-    try:
-        return load_file(path)
-    except ConfigError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-
-
-def load_backbone(checkpoint: str, backbone: Optional[str] = None, embedding_size: Optional[int] = None,
-                  device: Optional[torch.device] = None) -> nn.Module:
-    """Build the backbone for `checkpoint` (a run directory or a model.pt) and load its weights.
-
-    The architecture comes from the run's config.json when present; `backbone`/`embedding_size` override it
-    (needed for a bare insightface model.pt).
-    """
-    from fr.models import build_backbone
-
-    path = os.path.join(checkpoint, "model.pt") if os.path.isdir(checkpoint) else checkpoint
-    cfg = find_run_config(checkpoint)
-    name = backbone or (cfg.model.backbone if cfg else None)
-    if name is None:
-        raise CheckpointError(f"{path}: no config.json beside it; pass the backbone name (e.g. --backbone iresnet50)")
-    kwargs = dict(cfg.model.kwargs) if cfg and cfg.model.backbone == name else {}
-    kwargs["num_features"] = embedding_size or (cfg.model.embedding_size if cfg else 512)
-    model = build_backbone(name, **kwargs)
-    load_into(model, load_state_dict_file(path), path, name)
-    model.eval()
-    return model.to(device) if device is not None else model

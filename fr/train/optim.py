@@ -27,7 +27,7 @@ def adamw(param_groups: Iterable, cfg: OptimConfig) -> torch.optim.Optimizer:
 
 
 def build_optimizer(param_groups: Iterable, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """One optimizer over the backbone's and the head's parameter groups (as arcface_torch does)."""
+    """The configured optimizer over `param_groups` (the backbone's, built by its strategy, or the head's)."""
     return OPTIMIZERS.get(cfg.name)(param_groups, cfg)
 
 

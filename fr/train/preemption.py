@@ -1,9 +1,10 @@
 """Stopping on a signal (Slurm preemption, `scancel`, a job's time limit): finish the step, checkpoint, exit.
 
-A handler only records the signal; the trainer polls `requested()` after each step, the ranks agree with one
-max-reduction (a rank that got no signal still stops at the same step), every rank writes its checkpoint and
-the run ends with `TrainingInterrupted`. `fr-train` then exits with status 128 + the signal number, as a
-process killed by it would, so job scripts can requeue and continue with `train.resume=auto`.
+A handler only records the signal; the trainer polls `requested()` in each step and the ranks agree in the
+step's one small max-reduction (a rank that got no signal still stops at the same step, after that step), every
+rank writes its checkpoint and the run ends with `TrainingInterrupted`. `fr-train` then exits with status
+128 + the signal number, as a process killed by it would, so job scripts can requeue and continue with
+`train.resume=auto`.
 """
 from __future__ import annotations
 

@@ -21,13 +21,19 @@ from fr.fileio import OutputError, remove_stale_temporaries
 from fr.heads import PartialFC, build_loss, build_sparse_optimizer
 from fr.models import build_backbone
 from fr.seeding import seed_everything
-from fr.train.checkpoint import atomic_save, backbone_state_dict
-from fr.train.resume import (Checkpointer, discard_checkpoints, load_rank_state, remove_stale_checkpoint_temporaries,
-                             resolve_resume, run_settings)
+from fr.train.checkpoint import (
+    CheckpointManager,
+    discard_checkpoints,
+    remove_stale_checkpoint_temporaries,
+    run_settings,
+)
+from fr.train.head import Head
 from fr.train.logging import MetricLogger
+from fr.train.model_file import atomic_save
 from fr.train.optim import build_optimizer, build_scheduler
 from fr.train.preemption import StopSignals
-from fr.train.trainer import Trainer
+from fr.train.strategy import STRATEGIES
+from fr.train.trainer import Trainer, TrainOptions
 from fr.train.verification_hook import EvaluationFailed, VerificationHook
 
 log = logging.getLogger("fr.train")
@@ -157,26 +163,21 @@ def train(cfg: Config, env: Optional[DistEnv] = None) -> Dict[str, Any]:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     out_dir = cfg.output.dir
-    resume_dir = resolve_resume(cfg.train.resume, out_dir)
+    checkpoints = CheckpointManager(out_dir, env, resume=cfg.train.resume, every=cfg.output.checkpoint_every,
+                                    keep=cfg.output.keep_checkpoints, enabled=cfg.output.save_state)
     replacing = on_main(env, lambda: check_output_dir(cfg)) or []
     prepare_data(cfg, env)
     seed_everything(cfg.train.seed, env.rank)
 
     loader = build_loader(cfg.data, env, seed=cfg.train.seed)
     num_classes = loader.dataset.num_classes
-    settings = run_settings(cfg, num_classes)
-    saved = load_rank_state(resume_dir, env, settings) if resume_dir else None
-    resumed_step = int(saved["trainer"]["step"]) if saved else 0
+    resumed_step = checkpoints.prepare(run_settings(cfg, num_classes))
     hook = VerificationHook(cfg.eval.bins, cfg.data.root, env, cfg.eval.batch_size, cfg.data.image_size)
     on_main(env, hook.load)
     with settings_of("model"):
         backbone = build_model(cfg).to(env.device)
     if cfg.train.channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
-    plain_backbone = backbone
-    if env.is_distributed:
-        device_ids = [env.device.index] if env.device.type == "cuda" else None
-        backbone = nn.parallel.DistributedDataParallel(backbone, device_ids=device_ids)
     with settings_of("loss"):
         margin_loss = build_loss(cfg.loss.name, **cfg.loss.params)
     with settings_of("partial_fc"):
@@ -188,12 +189,17 @@ def train(cfg: Config, env: Optional[DistEnv] = None) -> Dict[str, Any]:
     steps_per_epoch = len(loader)
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
     warmup_steps = int(cfg.optim.warmup_epochs * steps_per_epoch)
-    groups = [{"params": plain_backbone.parameters()}, {"params": head.parameters()}]
-    # Sparse mode: the head's sampled rows are updated by the optimizer's own row-wise step.
+    # The backbone's optimizer belongs to its strategy, the head's to the head (both on the same schedule);
+    # sparse mode: the head's sampled rows are updated by the optimizer's own row-wise step.
     with settings_of("optim"):
-        optimizer = (build_sparse_optimizer(groups, [head], cfg.optim) if head.update == "sparse"
-                     else build_optimizer(groups, cfg.optim))
-        scheduler = build_scheduler(optimizer, cfg.optim, total_steps, warmup_steps)
+        head_groups = [{"params": head.parameters()}]
+        head_optimizer = (build_sparse_optimizer(head_groups, [head], cfg.optim) if head.update == "sparse"
+                          else build_optimizer(head_groups, cfg.optim))
+        schedule = lambda optimizer: build_scheduler(optimizer, cfg.optim, total_steps, warmup_steps)
+        strategy = STRATEGIES.build(cfg.train.strategy, backbone=backbone, env=env,
+                                    optimizer=lambda groups: build_optimizer(groups, cfg.optim), scheduler=schedule,
+                                    amp_dtype=amp_dtype_for(cfg.train.amp, env.device))
+        head_part = Head(head, head_optimizer, schedule(head_optimizer))
     global_batch = cfg.data.batch_size * env.world_size
 
     # Every check has passed: from here on the run writes into output.dir.
@@ -201,27 +207,18 @@ def train(cfg: Config, env: Optional[DistEnv] = None) -> Dict[str, Any]:
     # On resume, TensorBoard drops the events a crashed run logged after its last checkpoint.
     metrics = MetricLogger(os.path.join(out_dir, "tensorboard") if cfg.output.tensorboard else None,
                            global_batch, total_steps, enabled=env.is_main,
-                           purge_step=resumed_step + 1 if saved else None)
+                           purge_step=resumed_step + 1 if resumed_step is not None else None)
     evaluate = (lambda model, step: hook(model, step, metrics.scalars)) if hook else None
     log.info("training %s on %d images, %d classes, %d rank(s), global batch %d, %d steps (%d per epoch)",
              cfg.model.backbone, len(loader.dataset), num_classes, env.world_size, global_batch,
              total_steps, steps_per_epoch)
 
-    checkpointer = (Checkpointer(os.path.join(out_dir, "checkpoints"), env, settings, cfg.output.keep_checkpoints)
-                    if cfg.output.save_state else None)
-    trainer = Trainer(backbone, plain_backbone, head, loader, optimizer, scheduler, env, total_steps, metrics,
-                      log_every=cfg.train.log_every, clip_grad_norm=cfg.optim.clip_grad_norm,
-                      amp_dtype=amp_dtype_for(cfg.train.amp, env.device), evaluate=evaluate,
-                      eval_every=cfg.eval.every, exact_backbone_grad=cfg.train.exact_backbone_grad,
-                      channels_last=cfg.train.channels_last,
-                      save_checkpoint=checkpointer.save if checkpointer else None,
-                      checkpoint_every=cfg.output.checkpoint_every)
-    if saved:
-        trainer.load_state_dict(saved)
-        del saved  # the loaded copy is no longer needed (the head shard can be gigabytes)
-        log.info("resumed from %s at step %d (epoch %d)", resume_dir, trainer.state.step, trainer.state.epoch)
-    elif evaluate and cfg.eval.at_start:
-        trainer.eval_results[0] = evaluate(plain_backbone, 0)
+    options = TrainOptions(total_steps=total_steps, log_every=cfg.train.log_every, eval_every=cfg.eval.every,
+                           clip_grad_norm=cfg.optim.clip_grad_norm, exact_backbone_grad=cfg.train.exact_backbone_grad,
+                           channels_last=cfg.train.channels_last, max_nonfinite_steps=cfg.train.max_nonfinite_steps)
+    trainer = Trainer(strategy, head_part, loader, checkpoints, options, metrics=metrics, evaluate=evaluate)
+    if resumed_step is None and evaluate and cfg.eval.at_start:
+        trainer.eval_results[0] = evaluate(backbone, 0)
     start = time.perf_counter()
     try:
         with StopSignals() as stop:  # SIGTERM/SIGUSR1: finish the step, checkpoint, raise TrainingInterrupted
@@ -234,8 +231,7 @@ def train(cfg: Config, env: Optional[DistEnv] = None) -> Dict[str, Any]:
     results: Dict[str, Any] = {}
     if env.is_main:
         with output_errors(out_dir):
-            results = write_results(out_dir, plain_backbone, trainer, loader, num_classes, env, train_seconds,
-                                    hook.errors)
+            results = write_results(out_dir, trainer, loader, num_classes, env, train_seconds, hook.errors)
     barrier(env)
     if results.get("verification_error"):
         raise EvaluationFailed(f"verification failed: {results['verification_error']}; model.pt and results.json "
@@ -243,17 +239,17 @@ def train(cfg: Config, env: Optional[DistEnv] = None) -> Dict[str, Any]:
     return results
 
 
-def write_results(out_dir: str, plain_backbone: nn.Module, trainer: Trainer, loader, num_classes: int,
-                  env: DistEnv, train_seconds: float, eval_errors: List[str]) -> Dict[str, Any]:
+def write_results(out_dir: str, trainer: Trainer, loader, num_classes: int, env: DistEnv, train_seconds: float,
+                  eval_errors: List[str]) -> Dict[str, Any]:
     """Write model.pt and results.json (main rank), with the first failed evaluation if any; returns the results."""
     state = trainer.state
-    atomic_save(backbone_state_dict(plain_backbone), os.path.join(out_dir, "model.pt"))
+    atomic_save(trainer.strategy.export_backbone(), os.path.join(out_dir, "model.pt"))
     final = trainer.eval_results.get(state.step, {})
     untrained = trainer.eval_results.get(0, {})
     results: Dict[str, Any] = {
         "steps": state.step, "epochs": state.epoch, "world_size": env.world_size,
         "num_images": len(loader.dataset), "num_classes": num_classes,
-        "final_loss": state.last_loss, "train_seconds": round(train_seconds, 2),
+        "final_loss": state.last_loss, "skipped_steps": state.skipped_steps, "train_seconds": round(train_seconds, 2),
         "verification_untrained": untrained, "verification": final,
         "history": state.history, "checkpoint": os.path.join(out_dir, "model.pt"),
     }

@@ -1,0 +1,112 @@
+"""`model.pt`, the trained backbone's state_dict: atomic saves, reading one (fr's or insightface's) with one-line
+errors, and loading it into the backbone its run's config.json names."""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from evaluation.errors import UserInputError
+from evaluation.fileio import atomic_write
+from fr.config import Config, ConfigError, load_file
+
+
+class CheckpointError(UserInputError):
+    """A checkpoint that cannot be read or does not fit the model; the message names the file."""
+
+
+def load_error(path: str, exc: Exception, what: str = "checkpoint") -> CheckpointError:
+    """One line for a failed `torch.load(weights_only=True)`: the refused global (code the file would run), or
+    the reason without torch's multi-line preamble (which suggests weights_only=False)."""
+    text = str(exc)
+    refused = re.search(r"GLOBAL ([\w.]+)", text)
+    if refused:
+        return CheckpointError(f"{path}: refused to load global '{refused.group(1)}' "
+                               "(a checkpoint holds only tensors and plain data)")
+    detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", text) or re.search(r"(\S.*)", text)
+    reason = f": {detail.group(1).strip()}" if detail else ""
+    return CheckpointError(f"{path}: not a readable {what} ({type(exc).__name__}{reason})")
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """torch.save to a temporary file in the same directory, fsync, then rename over `path`.
+
+    A crash at any moment leaves either the previous file or the new one, never a truncated one.
+    """
+    atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def load_state_dict_file(path: str) -> Dict[str, torch.Tensor]:
+    """Read a `model.pt` state_dict (insightface's or fr's), with one-line errors for bad files."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle garbage, ...
+        raise load_error(path, exc, "PyTorch checkpoint") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a state_dict (a mapping of names to tensors)")
+    # Checkpoints saved from a DDP-wrapped model carry a 'module.' prefix.
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_into(model: nn.Module, state: Dict[str, torch.Tensor], source: str, backbone_name: str) -> nn.Module:
+    """load_state_dict(strict) with an error that says which backbone and which keys disagree."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: checkpoint {tuple(state[k].shape)} "
+                         f"vs model {tuple(own[k].shape)})")
+        raise CheckpointError(f"{source} does not match backbone {backbone_name!r}: {'; '.join(parts)}")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def find_run_config(checkpoint: str) -> Optional[Config]:
+    """The config.json saved beside a checkpoint (or in a run directory), if there is one."""
+    directory = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(os.path.abspath(checkpoint))
+    path = os.path.join(directory, "config.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        return load_file(path)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+def load_backbone(checkpoint: str, backbone: Optional[str] = None, embedding_size: Optional[int] = None,
+                  device: Optional[torch.device] = None) -> nn.Module:
+    """Build the backbone for `checkpoint` (a run directory or a model.pt) and load its weights.
+
+    The architecture comes from the run's config.json when present; `backbone`/`embedding_size` override it
+    (needed for a bare insightface model.pt).
+    """
+    from fr.models import build_backbone
+
+    path = os.path.join(checkpoint, "model.pt") if os.path.isdir(checkpoint) else checkpoint
+    cfg = find_run_config(checkpoint)
+    name = backbone or (cfg.model.backbone if cfg else None)
+    if name is None:
+        raise CheckpointError(f"{path}: no config.json beside it; pass the backbone name (e.g. --backbone iresnet50)")
+    kwargs = dict(cfg.model.kwargs) if cfg and cfg.model.backbone == name else {}
+    kwargs["num_features"] = embedding_size or (cfg.model.embedding_size if cfg else 512)
+    model = build_backbone(name, **kwargs)
+    load_into(model, load_state_dict_file(path), path, name)
+    model.eval()
+    return model.to(device) if device is not None else model
