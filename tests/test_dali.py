@@ -11,6 +11,8 @@ from fr.config import DataConfig
 from fr.data.loader import build_loader, resolve_loader_name
 from fr.data.writer import InsightfaceRecordWriter
 from fr.distributed import DistEnv
+from tests.helpers.images import flip_probe, jpeg
+from tests.helpers.records import image_ids
 
 pytest.importorskip("nvidia.dali")  # a guard only: the `test` extra installs DALI, so CI runs these
 
@@ -18,23 +20,9 @@ IDENTITIES, PER_IDENTITY = 8, 8
 
 
 @pytest.fixture(scope="module")
-def record_dir(tmp_path_factory):
+def grey_records(record_dir):
     """Image k (key k+1) is a flat grey of value 3k, so pixels identify the image and its label k // 8."""
-    root = tmp_path_factory.mktemp("dali")
-    with InsightfaceRecordWriter(str(root)) as writer:
-        for c in range(IDENTITIES):
-            payloads = []
-            for j in range(PER_IDENTITY):
-                buf = io.BytesIO()
-                value = 3 * (c * PER_IDENTITY + j)
-                Image.fromarray(np.full((112, 112, 3), value, np.uint8)).save(buf, format="JPEG", quality=95)
-                payloads.append(buf.getvalue())
-            writer.add_identity(payloads)
-    return root
-
-
-def image_ids(images):
-    return np.round((images[:, 0, 0, 0].numpy() + 1) * 127.5 / 3).astype(int).tolist()
+    return record_dir(IDENTITIES, PER_IDENTITY)
 
 
 def loader_for(root, rank, world=2, batch=4, **kw):
@@ -43,9 +31,9 @@ def loader_for(root, rank, world=2, batch=4, **kw):
     return build_loader(cfg, DistEnv(rank=rank, world_size=world), seed=5)
 
 
-def test_two_shards_yield_every_image_once_per_epoch_with_its_label(record_dir):
-    before = {name: (record_dir / name).read_bytes() for name in os.listdir(record_dir)}
-    loaders = [loader_for(record_dir, rank) for rank in range(2)]
+def test_two_shards_yield_every_image_once_per_epoch_with_its_label(grey_records):
+    before = {name: (grey_records / name).read_bytes() for name in os.listdir(grey_records)}
+    loaders = [loader_for(grey_records, rank) for rank in range(2)]
     assert [len(loader) for loader in loaders] == [8, 8]
     assert loaders[0].dataset.num_classes == IDENTITIES and len(loaders[0].dataset) == 64
     orders = []
@@ -64,47 +52,47 @@ def test_two_shards_yield_every_image_once_per_epoch_with_its_label(record_dir):
         orders.append(seen)
     assert orders[0] != orders[1]  # epochs reshuffle
     # the user's files are untouched; the image-only index lives in the cache directory
-    assert {name: (record_dir / name).read_bytes() for name in os.listdir(record_dir)} == before
+    assert {name: (grey_records / name).read_bytes() for name in os.listdir(grey_records)} == before
 
 
-def test_mid_epoch_resume_continues_where_it_stopped(record_dir):
-    reference = loader_for(record_dir, 0)
+def test_mid_epoch_resume_continues_where_it_stopped(grey_records):
+    reference = loader_for(grey_records, 0)
     epochs = []
     for epoch in range(2):
         reference.set_epoch(epoch)
         epochs.append([image_ids(x) for x, _ in reference])
-    first = loader_for(record_dir, 0)
+    first = loader_for(grey_records, 0)
     first.set_epoch(0)
     list(first)
     first.set_epoch(1)
     it = iter(first)
     head = [image_ids(next(it)[0]) for _ in range(3)]
     state = first.state_dict()
-    resumed = loader_for(record_dir, 0)
+    resumed = loader_for(grey_records, 0)
     resumed.load_state_dict(state)
     resumed.set_epoch(1)
     assert head + [image_ids(x) for x, _ in resumed] == epochs[1]
 
 
-def test_uneven_shards_give_equal_batch_counts(record_dir):
-    loaders = [loader_for(record_dir, rank, world=3, batch=5) for rank in range(3)]
+def test_uneven_shards_give_equal_batch_counts(grey_records):
+    loaders = [loader_for(grey_records, rank, world=3, batch=5) for rank in range(3)]
     counts = [sum(1 for _ in loader) for loader in loaders]
     assert counts == [len(loaders[0])] * 3 == [4] * 3  # 64 // 3 = 21 images per rank -> 4 batches of 5
 
 
-def test_augmentations_and_auto_choice(record_dir):
+def test_augmentations_and_auto_choice(grey_records):
     assert resolve_loader_name("auto") == "dali"
-    loader = loader_for(record_dir, 0, augment=["resize", "blur", "hsv", "gray"])
+    loader = loader_for(grey_records, 0, augment=["resize", "blur", "hsv", "gray"])
     images, labels = next(iter(loader))
     assert images.shape == (4, 3, 112, 112) and labels.shape == (4,)
 
 
-def test_fr_train_runs_on_the_dali_loader(tmp_path, capsys):
+def test_fr_train_runs_on_the_dali_loader(tmp_path, capsys, tiny_run):
     import json
 
     from fr.cli.train import main as train_main
 
-    recipe = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "synthetic.py")
+    recipe = tiny_run.recipe
     overrides = {
         "data.root": str(tmp_path / "data"), "data.loader": "dali", "data.synth.identities": 8,
         "data.synth.per_identity": 8, "data.synth.holdout_identities": 12, "data.synth.pairs": 40,
@@ -117,13 +105,13 @@ def test_fr_train_runs_on_the_dali_loader(tmp_path, capsys):
     assert results["steps"] == 5 and results["num_images"] == 64 and results["num_classes"] == 8
 
 
-def test_corrupt_records_are_skipped_by_the_dali_index_and_counted(record_dir, tmp_path):
+def test_corrupt_records_are_skipped_by_the_dali_index_and_counted(grey_records, tmp_path):
     from fr.data.recordio import read_index
 
     root = tmp_path / "corrupt"
     root.mkdir()
     for name in ("train.rec", "train.idx"):
-        (root / name).write_bytes((record_dir / name).read_bytes())
+        (root / name).write_bytes((grey_records / name).read_bytes())
     offset = read_index(str(root / "train.idx"))[10]  # image 9
     with open(root / "train.rec", "r+b") as fh:
         fh.seek(offset)
@@ -135,8 +123,8 @@ def test_corrupt_records_are_skipped_by_the_dali_index_and_counted(record_dir, t
     assert sorted(seen) == [k for k in range(64) if k != 9]
 
 
-def test_kept_batches_stay_intact_while_the_pipeline_runs_on(record_dir):
-    loaders = [loader_for(record_dir, rank) for rank in range(2)]
+def test_kept_batches_stay_intact_while_the_pipeline_runs_on(grey_records):
+    loaders = [loader_for(grey_records, rank) for rank in range(2)]
     kept = [batch for loader in loaders for batch in list(loader)]  # nothing read until both epochs are done
     seen = []
     for images, labels in kept:
@@ -157,12 +145,9 @@ def mirror_dir(tmp_path_factory):
             payloads = []
             for j in range(PER_IDENTITY):
                 k = c * PER_IDENTITY + j
-                pixels = np.full((112, 112, 3), 3 * k, np.uint8)
-                pixels[56:, :56], pixels[56:, 56:] = 0, 255
-                buf = io.BytesIO()
-                Image.fromarray(pixels).save(buf, format="JPEG", quality=95)
-                payloads.append(buf.getvalue())
-                decoded[k] = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+                payload = jpeg(flip_probe(k))
+                payloads.append(payload)
+                decoded[k] = np.asarray(Image.open(io.BytesIO(payload)).convert("RGB"))
             writer.add_identity(payloads)
     return root, decoded
 
@@ -180,7 +165,7 @@ def test_each_image_is_flipped_or_not_by_its_own_coin(mirror_dir, flipper, monke
     flipped = 0
     for images, labels in loader:
         for image, label in zip(images, labels.tolist()):
-            k = image_ids(image[None])[0]
+            k = round((float(image[0, 0, 0]) + 1) * 127.5 / 3)  # the grey top half names the image
             assert label == k // PER_IDENTITY
             reference = torch.from_numpy(decoded[k].astype(np.float32) / 127.5 - 1).permute(2, 0, 1)
             is_flipped = float(image[:, 100, 10].mean()) > 0  # white on the bottom left

@@ -1,41 +1,30 @@
 """Torch data path: record dataset labels/pixels, flip, normalisation, rank sharding, clear errors."""
-import io
 import random
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from fr.config import DataConfig
 from fr.data.base import DataError
 from fr.data.datasets import RecordDataset
 from fr.data.loader import build_loader
 from fr.data.recordio import IRHeader, IndexedRecordIO, pack
-from fr.data.writer import InsightfaceRecordWriter
 from fr.distributed import DistEnv
-
-
-def png(image):
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
+from tests.helpers.images import png
 
 
 @pytest.fixture()
-def record_dir(tmp_path):
+def noise_records(record_dir, tmp_path):
+    """4 identities x 5 images of seeded noise (PNG, so pixels are exact); returns (root, images by label)."""
     rng = np.random.default_rng(0)
-    images = {}
-    with InsightfaceRecordWriter(str(tmp_path)) as writer:
-        for identity in range(4):
-            batch = [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in range(5)]
-            images[identity] = batch
-            writer.add_identity([png(x) for x in batch])
-    return tmp_path, images
+    flat_images = [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in range(20)]
+    root = record_dir(4, 5, image=lambda k: png(flat_images[k]), root=tmp_path)
+    return root, {identity: flat_images[identity * 5:(identity + 1) * 5] for identity in range(4)}
 
 
-def test_dataset_yields_exact_pixels_and_labels(record_dir):
-    root, images = record_dir
+def test_dataset_yields_exact_pixels_and_labels(noise_records):
+    root, images = noise_records
     dataset = RecordDataset(str(root), flip=False)
     assert len(dataset) == 20 and dataset.num_classes == 4 and dataset.layout.insightface
     for index in range(20):
@@ -44,8 +33,8 @@ def test_dataset_yields_exact_pixels_and_labels(record_dir):
         assert torch.equal(chw, torch.from_numpy(images[label][index % 5].transpose(2, 0, 1).copy()))
 
 
-def test_flip_is_a_horizontal_mirror(record_dir):
-    root, images = record_dir
+def test_flip_is_a_horizontal_mirror(noise_records):
+    root, images = noise_records
     dataset = RecordDataset(str(root), flip=True)
     original = torch.from_numpy(images[0][0].transpose(2, 0, 1).copy())
     seen = {"plain": 0, "flipped": 0}
@@ -60,8 +49,8 @@ def test_flip_is_a_horizontal_mirror(record_dir):
     assert seen["plain"] > 5 and seen["flipped"] > 5
 
 
-def test_loader_normalises_and_shards_across_ranks(record_dir):
-    root, images = record_dir
+def test_loader_normalises_and_shards_across_ranks(noise_records):
+    root, images = noise_records
     cfg = DataConfig(root=str(root), batch_size=4, num_workers=0)
     seen = []
     for rank in range(2):

@@ -1,40 +1,26 @@
 """Each epoch's order is one permutation of the whole data set: global batch g is its g-th slice of
 world x per-rank batch samples, split across ranks, so the samples and their flips do not depend on the world
 size; a position saved on one world size continues on another; the DALI loader gives the torch loader's samples."""
-import io
 import logging
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from fr.config import DataConfig
 from fr.data.base import epoch_order, flip_coin, sample_seed
 from fr.data.loader import build_loader
-from fr.data.writer import InsightfaceRecordWriter
 from fr.distributed import DistEnv
+from tests.helpers.images import flip_probe, png
 
 IDENTITIES, PER_IDENTITY = 5, 8  # 40 images: 40 // 12 = 3 global batches of 12, 4 images dropped per epoch
 SEED = 7
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """Image k (key k+1, label k // 8): the top half a flat grey 3k naming it, the bottom half black on the
-    left and white on the right, so a horizontal flip shows. PNG, so every decoder gives the same pixels."""
-    root = tmp_path_factory.mktemp("global_order")
-    with InsightfaceRecordWriter(str(root)) as writer:
-        for c in range(IDENTITIES):
-            payloads = []
-            for j in range(PER_IDENTITY):
-                pixels = np.full((112, 112, 3), 3 * (c * PER_IDENTITY + j), np.uint8)
-                pixels[56:, :56], pixels[56:, 56:] = 0, 255
-                buf = io.BytesIO()
-                Image.fromarray(pixels).save(buf, format="PNG")
-                payloads.append(buf.getvalue())
-            writer.add_identity(payloads)
-    return root
+def data_dir(record_dir):
+    """Image k (key k+1, label k // 8) is flip_probe(k): a grey 3k on top naming it, a black/white bottom
+    that shows a flip. PNG, so every decoder gives the same pixels."""
+    return record_dir(IDENTITIES, PER_IDENTITY, image=lambda k: png(flip_probe(k)))
 
 
 def make_loaders(root, world, batch, kind="torch"):

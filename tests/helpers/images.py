@@ -31,3 +31,11 @@ def flat(value, side=112) -> np.ndarray:
 def noise(seed, width=112, height=None) -> np.ndarray:
     """Uniform RGB noise, height x width (square by default); `seed` may be a numpy Generator to draw from."""
     return np.random.default_rng(seed).integers(0, 256, (height or width, width, 3), dtype=np.uint8)
+
+
+def flip_probe(k, side=112) -> np.ndarray:
+    """Image k with its top half a flat grey 3k naming it and its bottom half black on the left and white on the
+    right, so that a horizontal flip shows."""
+    pixels = flat(3 * k, side)
+    pixels[side // 2:, : side // 2], pixels[side // 2:, side // 2:] = 0, 255
+    return pixels
