@@ -61,7 +61,7 @@ def images_per_second(loader, epochs: int, warmup: int = 3):
     seen, start, cpu = 0, None, None
     for epoch in range(epochs):
         loader.set_epoch(epoch)
-        for step, (images, labels) in enumerate(loader):
+        for step, (images, _labels) in enumerate(loader):
             if epoch == 0 and step == warmup:
                 _finish(images)
                 start, cpu, seen = time.perf_counter(), time.process_time(), 0

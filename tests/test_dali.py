@@ -116,7 +116,7 @@ def test_corrupt_records_are_skipped_by_the_dali_index_and_counted(grey_records,
     with open(root / "train.rec", "r+b") as fh:
         fh.seek(offset)
         fh.write(b"\0\0\0\0")
-    for attempt in range(2):  # the second build reads the cached index and its counts
+    for _attempt in range(2):  # the second build reads the cached index and its counts
         loader = loader_for(root, 0, world=1, batch=9)
         assert len(loader.dataset) == 63 and loader.skipped == 1 and len(loader) == 7
     seen = [k for images, _ in loader for k in image_ids(images)]

@@ -331,7 +331,7 @@ def ijb(tmp_path):
         for k in range(2):
             template = 100 + 10 * subject + k
             subject_of[template] = subject
-            for j, media in enumerate((2 * template, 2 * template, 2 * template + 1)):
+            for _j, media in enumerate((2 * template, 2 * template, 2 * template + 1)):
                 name = f"{len(tid) + 1}.jpg"
                 tid.append(f"{name} {template} {media}")
                 points = " ".join(f"{v:.2f}" for v in rng.uniform(20, 90, 10))
@@ -340,7 +340,7 @@ def ijb(tmp_path):
     (meta / "ijbc_name_5pts_score.txt").write_text("\n".join(lmk) + "\n")
     templates = sorted(subject_of)
     pairs = [(a, b, int(subject_of[a] == subject_of[b])) for i, a in enumerate(templates) for b in templates[i + 1:]]
-    (meta / "ijbc_template_pair_label.txt").write_text("".join(f"{a} {b} {l}\n" for a, b, l in pairs))
+    (meta / "ijbc_template_pair_label.txt").write_text("".join(f"{a} {b} {same}\n" for a, b, same in pairs))
     for name, subjects in (("G1", (0, 1, 2)), ("G2", (1, 2, 3))):
         rows = [f"{t},{subject_of[t]}" for t in templates if t % 10 == 0 and subject_of[t] in subjects]
         (meta / f"ijbc_1N_gallery_{name}.csv").write_text("TEMPLATE_ID,SUBJECT_ID\n" + "\n".join(rows) + "\n")

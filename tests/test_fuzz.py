@@ -154,7 +154,7 @@ def run_fuzz(tmp, seed=SEED, record_cases=RECORD_CASES, bin_cases=BIN_CASES):
             paths = [root / "train.rec", root / "train.idx"]
             before = digest(paths)
             readers = {"fr-data verify": lambda: verify(root, decode), "torch loader": lambda: train_all(root),
-                       "DALI index": lambda: dali_index(root, cache / str(case))}
+                       "DALI index": lambda case=case: dali_index(root, cache / str(case))}
             for name, call in readers.items():
                 tally(name, call, case)
             if digest(paths) != before:

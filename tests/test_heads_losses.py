@@ -127,7 +127,7 @@ def test_every_loss_matches_dense_reference(results):
 
 def test_statistics_and_draws_identical_on_every_rank(results):
     world_size, per_rank = results
-    for index, (case, _, _, rate) in enumerate(head_cases(LOSS_CASES, world_size)):
+    for index, (case, _, _, _rate) in enumerate(head_cases(LOSS_CASES, world_size)):
         first = per_rank[0][index]
         for r in per_rank[1:]:
             for key, value in first["buffers"].items():
@@ -143,7 +143,7 @@ def test_statistics_and_draws_identical_on_every_rank(results):
 
 def test_elastic_plus_margins_fall_as_target_cos_rises(results):
     world_size, per_rank = results
-    for index, (case, num_classes, labels, rate) in enumerate(head_cases(LOSS_CASES, world_size)):
+    for index, (case, _num_classes, labels, _rate) in enumerate(head_cases(LOSS_CASES, world_size)):
         if not case.endswith("_plus"):
             continue
         rs = [r[index] for r in per_rank]
@@ -158,7 +158,7 @@ def test_elastic_plus_margins_fall_as_target_cos_rises(results):
 
 def test_sface_stats(results):
     world_size, per_rank = results
-    for index, (case, _, labels, rate) in enumerate(head_cases(LOSS_CASES, world_size)):
+    for index, (case, _, _labels, _rate) in enumerate(head_cases(LOSS_CASES, world_size)):
         if case != "sface":
             continue
         stats = per_rank[0][index]["stats"]

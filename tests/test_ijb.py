@@ -55,7 +55,7 @@ def layout(tmp_path_factory, tiny_checkpoint):
     (base / "meta" / "ijbc_name_5pts_score.txt").write_text("\n".join(lmk_rows) + "\n")
     templates = sorted(subject_of)
     pairs = [(a, b, int(subject_of[a] == subject_of[b])) for i, a in enumerate(templates) for b in templates[i + 1:]]
-    (base / "meta" / "ijbc_template_pair_label.txt").write_text("".join(f"{a} {b} {l}\n" for a, b, l in pairs))
+    (base / "meta" / "ijbc_template_pair_label.txt").write_text("".join(f"{a} {b} {same}\n" for a, b, same in pairs))
     for name, subjects in (("G1", G1), ("G2", G2)):
         rows = [f"{t},{subject_of[t]},x.jpg" for t in templates if t % 10 == 0 and subject_of[t] in subjects]
         (base / "meta" / f"ijbc_1N_gallery_{name}.csv").write_text("TEMPLATE_ID,SUBJECT_ID,FILENAME\n" + "\n".join(rows))
@@ -116,7 +116,7 @@ def test_ijb_11_matches_plain_loops(layout, tmp_path, modes):
     tf = _reference_templates(raw, meta, flip="--no-flip" not in modes, norm="--no-norm" not in modes,
                               detector="--no-detector" not in modes)
     scores = np.array([float(tf[a] @ tf[b]) for a, b, _ in pairs])
-    labels = np.array([l for *_, l in pairs])
+    labels = np.array([same for *_, same in pairs])
     assert got["auc"] == pytest.approx(sk_metrics.roc_auc_score(labels, scores), abs=1e-6)
     for key, far in zip(["1e-06", "1e-05", "1e-04", "1e-03", "1e-02", "1e-01"], [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]):
         assert got["tar_at_far"][key] == pytest.approx(_reference_tar(scores, labels, far), abs=1e-6)
@@ -255,9 +255,7 @@ def _cli_rank(rank, world_size, args):
     return eval_main(args)
 
 
-def test_embedding_across_ranks_gives_the_single_process_result(layout, tmp_path):
-    from dist_utils import run_distributed
-
+def test_embedding_across_ranks_gives_the_single_process_result(layout, tmp_path, run_distributed):
     root, run, *_ = layout
     single, multi = tmp_path / "single", tmp_path / "multi"
     for out in (single, multi):

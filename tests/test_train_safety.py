@@ -208,7 +208,7 @@ def test_a_real_bug_keeps_its_traceback(tiny_run, tmp_path, monkeypatch):
     import fr.train.run as run
 
     for error in (ValueError("a bug, not a setting"), TypeError("another bug")):
-        def buggy(*args, **kwargs):
+        def buggy(*args, error=error, **kwargs):
             raise error
 
         monkeypatch.setattr(run, "build_loader", buggy)

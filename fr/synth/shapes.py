@@ -147,7 +147,7 @@ def _head(sh: Shapes, idn: Identity) -> None:
 
 def _facial_hair_and_mole(sh: Shapes, idn: Identity) -> None:
     """Stubble, beard, goatee or moustache in the hair colour, and the mole."""
-    a, b = idn.face_half_width, idn.face_half_height
+    b = idn.face_half_height
     cy = idn.chin_y - b
     mw, my = idn.mouth_width, idn.mouth_y
     fh = idn.facial_hair
