@@ -10,8 +10,9 @@ EXTRAS = {
     "plot": ["matplotlib"],  # fr-eval ijb --plot
     # CI runs DALI's CPU pipeline tests: ~30 s more to install here (about 0.8 GB unpacked).
     # onnx/onnxruntime/matplotlib: the evaluation tests run ONNX models and write the IJB ROC plot.
+    # ruff is pinned: its formatter's output may change between versions, and .ci/run checks the tree with it.
     "test": ["pytest>=7", "pytest-timeout", "scikit-learn", "nvidia-dali-cuda120", "opencv-python-headless", "onnx",
-             "onnxruntime", "matplotlib"],
+             "onnxruntime", "matplotlib", "ruff==0.17.6"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
@@ -37,6 +38,7 @@ setup(
             "fr-train=fr.cli.train:main",
             "fr-data=fr.cli.data:main",
             "fr-eval=fr.cli.eval:main",
+            "fr-export=fr.cli.export:main",
         ]
     },
 )

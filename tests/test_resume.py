@@ -157,12 +157,19 @@ def test_bad_checkpoints_are_errors_naming_the_file(tiny_data, tmp_path):
     settings = run_settings(cfg, 16)
     assert load_rank_state(step_dir, env, settings)["trainer"]["step"] == 4
 
-    with pytest.raises(CheckpointError, match="written by 1 ranks but this run has 2"):
-        load_rank_state(step_dir, DistEnv(rank=1, world_size=2), settings)
+    # Another world size or per-rank batch is no longer an error: rank 1 of 2 gets the second half of the classes.
+    saved = load_rank_state(step_dir, env, settings)["head"]["module"]["weight"]
+    resharded = load_rank_state(step_dir, DistEnv(rank=1, world_size=2),
+                                run_settings(tiny_config(tiny_data, out, **{"data.batch_size": 8}), 16))
+    assert torch.equal(resharded["head"]["module"]["weight"], saved[8:])
     with pytest.raises(CheckpointError, match=r"model.embedding_size was 64 .* but is 128 now"):
         load_rank_state(step_dir, env, run_settings(tiny_config(tiny_data, out, **{"model.embedding_size": 128}), 16))
     with pytest.raises(CheckpointError, match="num_classes was 16"):
         load_rank_state(step_dir, env, {**settings, "num_classes": 17})
+    for key, value in (("optim.name", "adamw"), ("loss.name", "cosface"), ("model.backbone", "iresnet34")):
+        other = run_settings(tiny_config(tiny_data, out, **{key: value}), 16)
+        with pytest.raises(CheckpointError, match=rf"{key} was '\w+' in the checkpointed run but is '{value}' now"):
+            load_rank_state(step_dir, DistEnv(rank=0, world_size=2), other)
     # A checkpoint of other settings is an error even for auto: the older ones were written with them too.
     with pytest.raises(CheckpointError, match="model.embedding_size was 64"):
         train(tiny_config(tiny_data, out, **{"train.resume": "auto", "model.embedding_size": 128}))
