@@ -252,6 +252,10 @@ def write_results(out_dir: str, trainer: Trainer, loader, num_classes: int, env:
         "final_loss": state.last_loss, "skipped_steps": state.skipped_steps, "train_seconds": round(train_seconds, 2),
         "verification_untrained": untrained, "verification": final,
         "history": state.history, "checkpoint": os.path.join(out_dir, "model.pt"),
+        # Floating-point sums follow the thread count and the CPU's instruction set: a figure is reproducible
+        # bit for bit only where these match (docs/benchmarks.md, main job).
+        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "device": str(env.device)},
     }
     if eval_errors:
         more = f" (and {len(eval_errors) - 1} more failure(s), see the log)" if len(eval_errors) > 1 else ""
