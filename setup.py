@@ -1,4 +1,5 @@
 """fr: distributed large-scale face-recognition training (Partial FC, margin losses, RecordIO, IJB/LFW evaluation)."""
+
 from setuptools import find_packages, setup
 
 EXTRAS = {
@@ -11,15 +12,26 @@ EXTRAS = {
     # CI runs DALI's CPU pipeline tests: ~30 s more to install here (about 0.8 GB unpacked).
     # onnx/onnxruntime/matplotlib: the evaluation tests run ONNX models and write the IJB ROC plot.
     # ruff is pinned: its formatter's output may change between versions, and .ci/run checks the tree with it.
-    "test": ["pytest>=7", "pytest-timeout", "scikit-learn", "nvidia-dali-cuda120", "opencv-python-headless", "onnx",
-             "onnxruntime", "matplotlib", "ruff==0.17.6"],
+    "test": [
+        "pytest>=7",
+        "pytest-timeout",
+        "scikit-learn",
+        "nvidia-dali-cuda120",
+        "opencv-python-headless",
+        "onnx",
+        "onnxruntime",
+        "matplotlib",
+        "ruff==0.17.6",
+    ],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
 setup(
     name="fr",
     version="0.1.0",
-    description="Distributed large-scale face-recognition training: Partial FC, margin losses, RecordIO, IJB/LFW evaluation",
+    description=(
+        "Distributed large-scale face-recognition training: Partial FC, margin losses, RecordIO, IJB/LFW evaluation"
+    ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",

@@ -5,6 +5,7 @@ measured in the same run (these machines are noisy). Medians over `--iters` time
 
     python benchmarks/bench_backbones.py [--batch 64] [--iters 5] [--threads 0]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,14 +57,26 @@ def main() -> None:
     rows = []
     for name, kwargs, channels_last in SETTINGS:
         rate = images_per_second(name, kwargs, channels_last, args.batch, args.iters)
-        rows.append({"backbone": name, "kwargs": kwargs, "channels_last": channels_last,
-                     "images_per_s": round(rate, 1)})
+        rows.append(
+            {"backbone": name, "kwargs": kwargs, "channels_last": channels_last, "images_per_s": round(rate, 1)}
+        )
     baseline = rows[0]["images_per_s"]
     for row in rows:
         row["speedup_vs_iresnet18"] = round(row["images_per_s"] / baseline, 2)
-    print(json.dumps({"benchmark": "backbone_training_throughput", "device": "cpu",
-                      "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                      "batch": args.batch, "iters": args.iters, "results": rows}, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "backbone_training_throughput",
+                "device": "cpu",
+                "processor": platform.processor() or platform.machine(),
+                "threads": torch.get_num_threads(),
+                "batch": args.batch,
+                "iters": args.iters,
+                "results": rows,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

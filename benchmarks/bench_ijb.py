@@ -3,6 +3,7 @@
 Sizes follow IJB-C: 469,375 images, 23,124 templates, 15,658,489 pairs (3,531 enrolment templates against
 19,593 verification templates, 19,557 genuine), D = 512. Features are random; only speed and memory matter.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,9 @@ def main() -> None:
     parser.add_argument("--genuine", type=int, default=19_557)
     parser.add_argument("--dim", type=int, default=512)
     args = parser.parse_args()
-    raw, det, tid, mid, t1, t2, labels = make_case(args.images, args.templates, args.enrol, args.pairs,
-                                                   args.genuine, args.dim)
+    raw, det, tid, mid, t1, t2, labels = make_case(
+        args.images, args.templates, args.enrol, args.pairs, args.genuine, args.dim
+    )
     rss_inputs = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
     ids, pooled = pool_templates(raw, tid, mid, image_weights(raw, det))
@@ -52,16 +54,27 @@ def main() -> None:
     table = far_table(roc)
     area = auc(roc.fpr, roc.tpr)
     t3 = time.perf_counter()
-    print(json.dumps({
-        "benchmark": "ijb_11",
-        "images": args.images, "templates": args.templates, "pairs": args.pairs, "dim": args.dim,
-        "pool_s": round(t1_ - t0, 3), "score_s": round(t2_ - t1_, 3), "roc_s": round(t3 - t2_, 3),
-        "total_s": round(t3 - t0, 3),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "rss_after_inputs_mb": round(rss_inputs, 1),
-        "auc": round(area, 4), "tar_at_far": table["nearest"],
-        "cpu": platform.processor() or platform.machine(),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "ijb_11",
+                "images": args.images,
+                "templates": args.templates,
+                "pairs": args.pairs,
+                "dim": args.dim,
+                "pool_s": round(t1_ - t0, 3),
+                "score_s": round(t2_ - t1_, 3),
+                "roc_s": round(t3 - t2_, 3),
+                "total_s": round(t3 - t0, 3),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "rss_after_inputs_mb": round(rss_inputs, 1),
+                "auc": round(area, 4),
+                "tar_at_far": table["nearest"],
+                "cpu": platform.processor() or platform.machine(),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ the load average and the share of CPU time stolen by the hypervisor show how qui
     python benchmarks/bench_loader.py [--images 20000] [--batch 128] [--threads 2] [--epochs 1] [--repeats 1]
                                       [--gpu-epochs 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -119,11 +120,18 @@ def main() -> None:
     root = os.path.join(args.workdir, f"{args.images}_q{args.quality}")
     build_records(root, args.images, args.per_identity, args.quality)
     rec_mb = os.path.getsize(os.path.join(root, "train.rec")) / 2**20
-    cfg = DataConfig(root=root, batch_size=args.batch, num_workers=args.threads,
-                     cache_dir=os.path.join(args.workdir, "cache"))
-    result = {"device": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-              "torch": torch.__version__, "images": args.images, "rec_mib": round(rec_mb, 1),
-              "batch": args.batch, "threads": args.threads}
+    cfg = DataConfig(
+        root=root, batch_size=args.batch, num_workers=args.threads, cache_dir=os.path.join(args.workdir, "cache")
+    )
+    result = {
+        "device": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "images": args.images,
+        "rec_mib": round(rec_mb, 1),
+        "batch": args.batch,
+        "threads": args.threads,
+    }
     timed = {"torch": ("torch", DistEnv(), args.epochs)}  # figure name: (loader, where it delivers, epochs)
     if dali_available():
         import nvidia.dali

@@ -1,4 +1,5 @@
 """Partial FC head step time and peak memory (CPU, or CUDA with --device cuda); prints JSON."""
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,11 @@ def run_one(args: argparse.Namespace) -> dict:
     env = DistEnv(device=device)
     head = PartialFC(ArcFace(), args.dim, args.classes, sample_rate=args.sample_rate, env=env, update=args.update)
     params = [{"params": head.parameters()}]
-    optimizer = (SparseRowSGD(params, [head], lr=0.1, momentum=0.9, weight_decay=5e-4) if args.update == "sparse"
-                 else torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4))
+    optimizer = (
+        SparseRowSGD(params, [head], lr=0.1, momentum=0.9, weight_decay=5e-4)
+        if args.update == "sparse"
+        else torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    )
     gen = torch.Generator().manual_seed(0)
     times = []
     for step in range(args.warmup + args.steps):
@@ -48,9 +52,13 @@ def run_one(args: argparse.Namespace) -> dict:
             torch.cuda.synchronize()
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
-    result = {"sample_rate": args.sample_rate, "update": args.update,
-              "median_step_s": round(statistics.median(times), 4),
-              "step_s": [round(t, 4) for t in times], "peak_rss_gb": round(peak_rss_gb(), 3)}
+    result = {
+        "sample_rate": args.sample_rate,
+        "update": args.update,
+        "median_step_s": round(statistics.median(times), 4),
+        "step_s": [round(t, 4) for t in times],
+        "peak_rss_gb": round(peak_rss_gb(), 3),
+    }
     if device.type == "cuda":
         result["peak_cuda_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
     return result
@@ -71,16 +79,38 @@ def main() -> None:
         print(json.dumps(run_one(args)))
         return
     # One child per configuration, so that each peak RSS is that configuration's own.
-    common = [f"--classes={args.classes}", f"--dim={args.dim}", f"--batch={args.batch}", f"--steps={args.steps}",
-              f"--warmup={args.warmup}", f"--device={args.device}"]
+    common = [
+        f"--classes={args.classes}",
+        f"--dim={args.dim}",
+        f"--batch={args.batch}",
+        f"--steps={args.steps}",
+        f"--warmup={args.warmup}",
+        f"--device={args.device}",
+    ]
     results = []
     for rate, update in CONFIGS:
-        out = subprocess.run([sys.executable, __file__, *common, f"--sample-rate={rate}", f"--update={update}"],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, *common, f"--sample-rate={rate}", f"--update={update}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
-    print(json.dumps({"classes": args.classes, "dim": args.dim, "global_batch": args.batch, "loss": "arcface",
-                      "device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
-                      "results": results}, indent=1))
+    print(
+        json.dumps(
+            {
+                "classes": args.classes,
+                "dim": args.dim,
+                "global_batch": args.batch,
+                "loss": "arcface",
+                "device": args.device,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "results": results,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ decoder (`fr.data.decode`). CPU-us per record, medians over `--repeats` turns.
 
     python benchmarks/bench_record_checks.py [--images 20000] [--decode 2000] [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,25 +40,32 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", default=os.path.join(os.path.expanduser("~"), ".cache", "fr", "bench_loader"))
     args = parser.parse_args()
-    root = build_records(os.path.join(args.workdir, f"{args.images}_q{args.quality}"), args.images,
-                         args.per_identity, args.quality)
+    root = build_records(
+        os.path.join(args.workdir, f"{args.images}_q{args.quality}"), args.images, args.per_identity, args.quality
+    )
     rec_path = os.path.join(root, "train.rec")
     runs = {}
     with IndexedRecordIO(os.path.join(root, "train.idx"), rec_path, "r") as record:
         layout = read_layout(record)
         keys, _ = checked_keys(record, layout, layout.num_classes)
-        payloads = [unpack(record.read_idx(key))[1] for key in keys[:args.decode]]
+        payloads = [unpack(record.read_idx(key))[1] for key in keys[: args.decode]]
         decoders = {name: factory() for name, factory in DECODERS.items()}
         for _ in range(args.repeats):
             for name, work, items in [
                 ("header_check", lambda: checked_keys(record, layout, layout.num_classes), len(keys)),
                 ("structural_check", lambda: check_record_images(record, keys), len(keys)),
-                *((f"decode_{name}", lambda d=decode: [d(p) for p in payloads], len(payloads))
-                  for name, decode in decoders.items() if decode is not None),
+                *(
+                    (f"decode_{name}", lambda d=decode: [d(p) for p in payloads], len(payloads))
+                    for name, decode in decoders.items()
+                    if decode is not None
+                ),
             ]:
                 runs.setdefault(f"{name}_cpu_us_per_record", []).append(cpu_us_per_item(work, items))
-    result = {"device": platform.processor() or platform.machine(), "records": len(keys),
-              "kib_per_record": round(os.path.getsize(rec_path) / len(keys) / 1024, 1)}
+    result = {
+        "device": platform.processor() or platform.machine(),
+        "records": len(keys),
+        "kib_per_record": round(os.path.getsize(rec_path) / len(keys) / 1024, 1),
+    }
     result.update({key: round(statistics.median(values), 1) for key, values in runs.items()})
     print(json.dumps(result))
 

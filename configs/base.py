@@ -2,12 +2,13 @@
 
 Recipes start from it with `config = inherit(__file__)` and change what differs.
 """
+
 from fr.config import Config
 
 config = Config()
 config.model.backbone = "iresnet50"
 config.model.embedding_size = 512
-config.loss.name = "arcface"          # s=64, m=0.5
+config.loss.name = "arcface"  # s=64, m=0.5
 config.partial_fc.sample_rate = 1.0
 config.optim.name = "sgd"
 config.optim.lr = 0.1

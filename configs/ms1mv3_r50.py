@@ -1,4 +1,5 @@
 """MS1MV3 (93k identities, 5.2M images) with iResNet-50 and ArcFace, as arcface_torch's ms1mv3_r50."""
+
 from fr.config import inherit
 
 config = inherit(__file__)

@@ -3,6 +3,7 @@
 `fr-train configs/synthetic.py` renders the set into data.root (cached), evaluates the held-out pairs with
 the untrained network, trains, evaluates again and writes model.pt, TensorBoard logs and results.json.
 """
+
 from fr.config import inherit
 
 config = inherit(__file__)

@@ -4,6 +4,7 @@ Landmarks are in the detector's convention, pixel centres at integer coordinates
 `warpAffine`, which insightface uses); the warp itself is Pillow's bilinear affine transform, whose pixel
 centres sit at half-integers, so `warp_face` shifts by half a pixel on both sides to sample the same points.
 """
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -29,7 +30,7 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected two [K, 2] point sets with K >= 2, got {src.shape} and {dst.shape}")
     mu_src, mu_dst = src.mean(0), dst.mean(0)
     src_c, dst_c = src - mu_src, dst - mu_dst
-    var_src = (src_c ** 2).sum() / len(src)
+    var_src = (src_c**2).sum() / len(src)
     if var_src <= 0:
         raise ValueError("source points are all identical: no transform is defined")
     u, sig, vt = np.linalg.svd(dst_c.T @ src_c / len(src))

@@ -6,6 +6,7 @@ files were written by Python 2, so their image entries are py2 `str`, which Pyth
 `encoding='bytes'`. The unpickler admits only the globals such files hold (numpy arrays and bool scalars,
 protocol-2 byte strings), so a crafted file is refused instead of running its code.
 """
+
 from __future__ import annotations
 
 import errno
@@ -18,13 +19,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
+
 from evaluation.errors import UserInputError
 from evaluation.fileio import atomic_write
 
 try:  # numpy >= 2 (numpy 1.x pickles name numpy.core, numpy 2 pickles numpy._core: both are admitted)
-    from numpy._core import multiarray as _multiarray, numeric as _numeric
+    from numpy._core import multiarray as _multiarray
+    from numpy._core import numeric as _numeric
 except ImportError:  # numpy 1.x
-    from numpy.core import multiarray as _multiarray, numeric as _numeric
+    from numpy.core import multiarray as _multiarray
+    from numpy.core import numeric as _numeric
 
 ImageSize = Union[int, Tuple[int, int]]
 _BYTES_LIKE = (bytes, bytearray, memoryview)
@@ -83,8 +87,9 @@ class _BinUnpickler(pickle._Unpickler):
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
-            raise BinFormatError(f"{self._path}: refused to load global '{module}.{name}' "
-                                 "(a .bin holds only images and bools)") from None
+            raise BinFormatError(
+                f"{self._path}: refused to load global '{module}.{name}' (a .bin holds only images and bools)"
+            ) from None
 
     def persistent_load(self, pid: Any) -> Any:
         raise BinFormatError(f"{self._path}: refused a pickle persistent id (a .bin holds only images and bools)")
@@ -108,9 +113,21 @@ def _unpickle(path: str) -> Any:
         raise FileNotFoundError(errno.ENOENT, "no such verification .bin file", path) from None
     except BinFormatError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
-            IndexError, KeyError, UnicodeDecodeError, OverflowError, MemoryError, RecursionError,
-            struct.error) as e:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        ImportError,
+        IndexError,
+        KeyError,
+        UnicodeDecodeError,
+        OverflowError,
+        MemoryError,
+        RecursionError,
+        struct.error,
+    ) as e:
         raise BinFormatError(f"{path}: not a readable pickle ({_one_line(e)})") from None
 
 
@@ -139,8 +156,9 @@ def _issame_flags(path: str, issame: Any) -> np.ndarray:
         if isinstance(flag, (int, np.integer)) and flag in (0, 1):
             continue
         shown = flag.item() if isinstance(flag, np.generic) else flag  # 2, not np.int8(2)
-        raise BinFormatError(f"{path}: issame entry {i} is {reprlib.repr(shown)} ({type(flag).__name__}), "
-                             "expected a bool (or 0/1)")
+        raise BinFormatError(
+            f"{path}: issame entry {i} is {reprlib.repr(shown)} ({type(flag).__name__}), expected a bool (or 0/1)"
+        )
     return np.array([bool(f) for f in issame], dtype=np.bool_)
 
 
@@ -161,8 +179,9 @@ def _split_payload(path: str, obj: Any, nrof_folds: Optional[int] = None) -> Tup
     if not bins:
         raise BinFormatError(f"{path}: holds no pairs (expected 2N images and N issame flags)")
     if nrof_folds is not None and len(issame) < nrof_folds:
-        raise BinFormatError(f"{path}: {len(issame)} pairs, fewer than the {nrof_folds} folds of the "
-                             "verification protocol")
+        raise BinFormatError(
+            f"{path}: {len(issame)} pairs, fewer than the {nrof_folds} folds of the verification protocol"
+        )
     _check_images(path, bins)
     return list(bins), _issame_flags(path, issame)
 
@@ -198,8 +217,9 @@ def decode_bin_image(data: Any, image_size: ImageSize = 112) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8)
 
 
-def load_bin(path: Union[str, os.PathLike], image_size: ImageSize = 112, *,
-             nrof_folds: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+def load_bin(
+    path: Union[str, os.PathLike], image_size: ImageSize = 112, *, nrof_folds: Optional[int] = None
+) -> Tuple[np.ndarray, np.ndarray]:
     """Images uint8 [2N, H, W, 3] RGB and issame bool [N] from an insightface `.bin` file (see `read_bin`)."""
     path = os.fspath(path)
     bins, issame = read_bin(path, nrof_folds=nrof_folds)
@@ -208,7 +228,13 @@ def load_bin(path: Union[str, os.PathLike], image_size: ImageSize = 112, *,
     for i, data in enumerate(bins):
         try:
             images[i] = decode_bin_image(data, (h, w))
-        except (OSError, ValueError, TypeError, SyntaxError, Image.DecompressionBombError) as e:  # what PIL raises for bad data
+        except (
+            OSError,
+            ValueError,
+            TypeError,
+            SyntaxError,
+            Image.DecompressionBombError,
+        ) as e:  # what PIL raises for bad data
             raise BinFormatError(f"{path}: image {i} cannot be decoded ({_one_line(e)})") from None
     return images, issame
 

@@ -4,6 +4,7 @@ Inputs are normalised as insightface does, `(x / 255 - 0.5) / 0.5` (evaluation.p
 and with `flip=True` an image's embedding is the sum (not the concatenation) of the embeddings of the image
 and of its horizontal flip; L2 normalisation is left to `evaluation.verification.evaluate`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -62,7 +63,7 @@ def _embed_batches(model, images, batch_size, device, dtype, flip, progress) -> 
     chunks = []
     for start in starts:
         # uint8 goes to the device and is converted there: a quarter of the float32 transfer.
-        chunk = np.ascontiguousarray(images[start:start + batch_size])
+        chunk = np.ascontiguousarray(images[start : start + batch_size])
         if not chunk.flags.writeable:  # torch.from_numpy warns on read-only arrays (memmaps, PIL views)
             chunk = chunk.copy()
         batch = torch.from_numpy(chunk).to(device)

@@ -1,4 +1,5 @@
 """Crash-safe file writes shared by fr and evaluation: a temporary file beside the target, fsync, rename."""
+
 from __future__ import annotations
 
 import errno

@@ -6,6 +6,7 @@ mate. Non-mated probes set the threshold: at FPIR `f` it is the `floor(f * n)`-t
 top scores, so at most that many of them score above it; a mated probe counts towards TPIR when its mate
 ranks first and scores strictly above the threshold.
 """
+
 from __future__ import annotations
 
 import csv
@@ -14,8 +15,17 @@ from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
-from evaluation.ijb import (IJBFormatError, IJBMeta, check_templates, dataset_dir, image_weights, lost_templates,
-                            pool_templates, template_rows, usable_rows)
+from evaluation.ijb import (
+    IJBFormatError,
+    IJBMeta,
+    check_templates,
+    dataset_dir,
+    image_weights,
+    lost_templates,
+    pool_templates,
+    template_rows,
+    usable_rows,
+)
 from evaluation.metrics import NonFiniteError
 
 RANKS = (1, 5, 10)
@@ -42,24 +52,31 @@ def read_template_csv(path: str) -> Tuple[np.ndarray, np.ndarray]:
             except (ValueError, IndexError):
                 raise IJBFormatError(f"{path}:{number}: expected integer TEMPLATE_ID and SUBJECT_ID") from None
             if seen.setdefault(template, subject) != subject:
-                raise IJBFormatError(f"{path}:{number}: template {template} has subjects {seen[template]} "
-                                     f"and {subject}")
+                raise IJBFormatError(
+                    f"{path}:{number}: template {template} has subjects {seen[template]} and {subject}"
+                )
     if not seen:
         raise IJBFormatError(f"{path}: no rows (expected TEMPLATE_ID,SUBJECT_ID lines after the header)")
     ids = np.array(list(seen), np.int64)
     return ids, np.array([seen[t] for t in ids], np.int64)
 
 
-def search(probe_feats: np.ndarray, probe_subjects: np.ndarray, gallery_feats: np.ndarray,
-           gallery_subjects: np.ndarray, ranks: Sequence[int] = RANKS,
-           fpir_targets: Sequence[float] = FPIR_TARGETS) -> Dict[str, object]:
+def search(
+    probe_feats: np.ndarray,
+    probe_subjects: np.ndarray,
+    gallery_feats: np.ndarray,
+    gallery_subjects: np.ndarray,
+    ranks: Sequence[int] = RANKS,
+    fpir_targets: Sequence[float] = FPIR_TARGETS,
+) -> Dict[str, object]:
     """CMC (percent of mated probes with the mate within rank k) and TPIR (percent) at each FPIR."""
     scores = np.asarray(probe_feats, np.float32) @ np.asarray(gallery_feats, np.float32).T
     bad = np.argwhere(~np.isfinite(scores))
     if bad.size:  # NaN compares false everywhere: ranks and thresholds would be silently wrong
         probe, column = (int(i) for i in bad[0])
-        raise NonFiniteError(f"the score of probe row {probe} against gallery row {column} is not finite "
-                             f"({len(bad)} such scores)")
+        raise NonFiniteError(
+            f"the score of probe row {probe} against gallery row {column} is not finite ({len(bad)} such scores)"
+        )
     subjects, column_subject = np.unique(gallery_subjects, return_inverse=True)
     # A subject's score is its best template's: rank subjects, not templates.
     if len(subjects) == len(column_subject):  # one template per subject, as in IJB galleries
@@ -82,8 +99,13 @@ def search(probe_feats: np.ndarray, probe_subjects: np.ndarray, gallery_feats: n
         threshold = top_nonmated[k] if k < len(top_nonmated) else -np.inf
         hits = (rank == 1) & (mate_scores > threshold)
         tpir[f"{f:.0e}"] = 100.0 * float(np.mean(hits)) if len(rows) else float("nan")
-    return {"cmc": cmc, "tpir_at_fpir": tpir, "num_mated": int(len(rows)),
-            "num_nonmated": int(len(top_nonmated)), "num_gallery": int(len(gallery_subjects))}
+    return {
+        "cmc": cmc,
+        "tpir_at_fpir": tpir,
+        "num_mated": int(len(rows)),
+        "num_nonmated": int(len(top_nonmated)),
+        "num_gallery": int(len(gallery_subjects)),
+    }
 
 
 def average(results: Sequence[Dict[str, object]]) -> Dict[str, Dict[str, float]]:
@@ -112,8 +134,16 @@ def _listed(meta: IJBMeta, path: str, lost: np.ndarray) -> Tuple[np.ndarray, np.
     return ids[keep], subjects[keep], int(len(ids) - keep.sum())
 
 
-def evaluate_1n(meta: IJBMeta, raw_features: np.ndarray, flip: bool = True, norm: bool = True,
-                detector: bool = True, *, drop_nonfinite: bool = False, source: str = "features") -> Dict[str, object]:
+def evaluate_1n(
+    meta: IJBMeta,
+    raw_features: np.ndarray,
+    flip: bool = True,
+    norm: bool = True,
+    detector: bool = True,
+    *,
+    drop_nonfinite: bool = False,
+    source: str = "features",
+) -> Dict[str, object]:
     """Open-set identification of the mixed probes per gallery: `{"G1": ..., "G2": ..., "average", "dropped"}`.
 
     A NaN or infinite feature is an error naming its row; with `drop_nonfinite` such images are left out, then

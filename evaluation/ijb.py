@@ -8,6 +8,7 @@ Template features follow insightface's test modes: an image's feature is the sum
 image and of its flip (F1), its norm is kept (N1) and it is multiplied by the detector score (D1); within a
 template the images of one media are averaged and the media are summed, then L2-normalised.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,11 +45,11 @@ class IJBMeta:
 
     root: str
     target: str
-    names: np.ndarray        # [N] image file names in loose_crop/
-    templates: np.ndarray    # [N] int64
-    medias: np.ndarray       # [N] int64
-    landmarks: np.ndarray    # [N, 5, 2] float32
-    det_scores: np.ndarray   # [N] float32
+    names: np.ndarray  # [N] image file names in loose_crop/
+    templates: np.ndarray  # [N] int64
+    medias: np.ndarray  # [N] int64
+    landmarks: np.ndarray  # [N, 5, 2] float32
+    det_scores: np.ndarray  # [N] float32
 
 
 def dataset_dir(root: str, target: str) -> str:
@@ -102,8 +103,9 @@ def read_landmarks(path: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
                 raise ValueError
             values.append([float(v) for v in fields[1:]])
         except ValueError:
-            raise IJBFormatError(f"{path}:{number}: expected 'image x1 y1 ... x5 y5 score' (12 fields), "
-                                 f"got {len(fields)}") from None
+            raise IJBFormatError(
+                f"{path}:{number}: expected 'image x1 y1 ... x5 y5 score' (12 fields), got {len(fields)}"
+            ) from None
         names.append(fields[0])
     if not names:
         raise IJBFormatError(f"{path}: no rows (expected 'image x1 y1 ... x5 y5 score' lines)")
@@ -157,13 +159,16 @@ def load_meta(root: str, target: str = "IJBC") -> IJBMeta:
     names, templates, medias = read_tid_mid(tid_path)
     lmk_names, landmarks, scores = read_landmarks(lmk_path)
     if len(names) != len(lmk_names):
-        raise IJBFormatError(f"{lmk_path}: {len(lmk_names)} rows but {tid_path} has {len(names)}; "
-                             "the files are matched row by row")
+        raise IJBFormatError(
+            f"{lmk_path}: {len(lmk_names)} rows but {tid_path} has {len(names)}; the files are matched row by row"
+        )
     differ = np.flatnonzero(names != lmk_names)
     if differ.size:
         row = int(differ[0])
-        raise IJBFormatError(f"{lmk_path}:{_line_of_row(lmk_path, row)}: image {str(lmk_names[row])!r} but "
-                             f"{tid_path}:{_line_of_row(tid_path, row)} names {str(names[row])!r}")
+        raise IJBFormatError(
+            f"{lmk_path}:{_line_of_row(lmk_path, row)}: image {str(lmk_names[row])!r} but "
+            f"{tid_path}:{_line_of_row(tid_path, row)} names {str(names[row])!r}"
+        )
     return IJBMeta(os.path.abspath(root), target, names, templates, medias, landmarks, scores)
 
 
@@ -176,8 +181,9 @@ def check_ijb_images(meta: IJBMeta) -> str:
     for row, name in enumerate(meta.names):
         if name not in present:
             tid_path = meta_path(meta.root, meta.target, "face_tid_mid.txt")
-            raise IJBFormatError(f"{tid_path}:{_line_of_row(tid_path, row)}: image {str(name)!r} "
-                                 f"missing from {crop_dir}")
+            raise IJBFormatError(
+                f"{tid_path}:{_line_of_row(tid_path, row)}: image {str(name)!r} missing from {crop_dir}"
+            )
     return crop_dir
 
 
@@ -198,8 +204,9 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else ""
 
 
-def iter_aligned(meta: IJBMeta, batch_size: int = 256, rows: Optional[np.ndarray] = None,
-                 workers: int = 4) -> Iterator[np.ndarray]:
+def iter_aligned(
+    meta: IJBMeta, batch_size: int = 256, rows: Optional[np.ndarray] = None, workers: int = 4
+) -> Iterator[np.ndarray]:
     """Batches of aligned 112x112 RGB uint8 crops, [B, 112, 112, 3], in row order (or `rows` order).
 
     Decoding and warping run in `workers` threads: Pillow releases the GIL for both.
@@ -208,12 +215,17 @@ def iter_aligned(meta: IJBMeta, batch_size: int = 256, rows: Optional[np.ndarray
     rows = np.arange(len(meta.names)) if rows is None else rows
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
+            chunk = rows[start : start + batch_size]
             yield np.stack(list(pool.map(lambda r: _load_aligned(crop_dir, meta.names[r], meta.landmarks[r]), chunk)))
 
 
-def embed_meta(meta: IJBMeta, embed: Callable[[np.ndarray], np.ndarray], batch_size: int = 256,
-               rows: Optional[np.ndarray] = None, progress: bool = False) -> np.ndarray:
+def embed_meta(
+    meta: IJBMeta,
+    embed: Callable[[np.ndarray], np.ndarray],
+    batch_size: int = 256,
+    rows: Optional[np.ndarray] = None,
+    progress: bool = False,
+) -> np.ndarray:
     """Raw per-image features [N, 2, D] (original, flipped) from `embed(uint8 [B,112,112,3]) -> [B, D]`."""
     batches: Iterator[np.ndarray] = iter_aligned(meta, batch_size, rows)
     if progress:
@@ -224,7 +236,7 @@ def embed_meta(meta: IJBMeta, embed: Callable[[np.ndarray], np.ndarray], batch_s
     out = []
     for batch in batches:
         both = embed(np.concatenate([batch, batch[:, :, ::-1]]))
-        out.append(np.stack([both[:len(batch)], both[len(batch):]], axis=1).astype(np.float32))
+        out.append(np.stack([both[: len(batch)], both[len(batch) :]], axis=1).astype(np.float32))
     return np.concatenate(out)
 
 
@@ -235,8 +247,9 @@ def load_features(path: str, n_rows: int) -> np.ndarray:
     try:
         features = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:  # not .npy, truncated, an object (pickled) array
-        raise IJBFormatError(f"{path}: not a readable .npy feature file "
-                             f"({type(e).__name__}: {_first_line(e)})") from None
+        raise IJBFormatError(
+            f"{path}: not a readable .npy feature file ({type(e).__name__}: {_first_line(e)})"
+        ) from None
     if not isinstance(features, np.ndarray):  # np.load opens an .npz archive as a mapping
         features.close()
         raise IJBFormatError(f"{path}: expected a .npy array, got an .npz archive")
@@ -258,13 +271,14 @@ def nonfinite_rows(raw: np.ndarray) -> np.ndarray:
     """Indices of the rows of per-image features that hold a NaN or an infinity (scanned in chunks)."""
     bad = [np.empty(0, np.int64)]
     for start in range(0, len(raw), SCAN_CHUNK):
-        block = np.asarray(raw[start:start + SCAN_CHUNK])
+        block = np.asarray(raw[start : start + SCAN_CHUNK])
         bad.append(start + np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1)))
     return np.concatenate(bad)
 
 
-def usable_rows(meta: IJBMeta, raw: np.ndarray, drop_nonfinite: bool = False,
-                source: str = "features") -> Optional[np.ndarray]:
+def usable_rows(
+    meta: IJBMeta, raw: np.ndarray, drop_nonfinite: bool = False, source: str = "features"
+) -> Optional[np.ndarray]:
     """Image rows to evaluate: None (all) when every feature is finite, else the finite rows if `drop_nonfinite`.
 
     Without `drop_nonfinite` a NaN or infinite feature is a NonFiniteError naming its row, image and template:
@@ -274,8 +288,10 @@ def usable_rows(meta: IJBMeta, raw: np.ndarray, drop_nonfinite: bool = False,
     if not bad.size:
         return None
     row = int(bad[0])
-    where = (f"{source}: row {row} (image {str(meta.names[row])!r}, template {int(meta.templates[row])}) holds "
-             f"NaN or infinity ({bad.size} of {len(raw)} rows do)")
+    where = (
+        f"{source}: row {row} (image {str(meta.names[row])!r}, template {int(meta.templates[row])}) holds "
+        f"NaN or infinity ({bad.size} of {len(raw)} rows do)"
+    )
     if not drop_nonfinite:
         raise NonFiniteError(f"{where}; drop_nonfinite=True (fr-eval ijb --drop-nonfinite) leaves them out")
     if bad.size == len(raw):
@@ -291,8 +307,14 @@ def _block(raw: np.ndarray, rows: Optional[np.ndarray], start: int, stop: int) -
     return raw[start:stop] if rows is None else raw[rows[start:stop]]
 
 
-def image_weights(raw: np.ndarray, det_scores: np.ndarray, flip: bool = True, norm: bool = True,
-                  detector: bool = True, rows: Optional[np.ndarray] = None) -> np.ndarray:
+def image_weights(
+    raw: np.ndarray,
+    det_scores: np.ndarray,
+    flip: bool = True,
+    norm: bool = True,
+    detector: bool = True,
+    rows: Optional[np.ndarray] = None,
+) -> np.ndarray:
     """Per-image scale factor of insightface's N1/D1 modes: 1 / norm unless `norm`, times the score if `detector`.
 
     One factor per image row, or per row of `rows` when given.
@@ -302,8 +324,9 @@ def image_weights(raw: np.ndarray, det_scores: np.ndarray, flip: bool = True, no
     if not norm:
         norms = np.empty(n, np.float32)
         for start in range(0, n, POOL_CHUNK):
-            norms[start:start + POOL_CHUNK] = np.linalg.norm(_views(_block(raw, rows, start, start + POOL_CHUNK),
-                                                                    flip), axis=1)
+            norms[start : start + POOL_CHUNK] = np.linalg.norm(
+                _views(_block(raw, rows, start, start + POOL_CHUNK), flip), axis=1
+            )
         weights /= np.maximum(norms, 1e-12)
     if detector:
         weights *= np.asarray(det_scores if rows is None else det_scores[rows], np.float32)
@@ -317,9 +340,14 @@ def _views(raw: np.ndarray, flip: bool) -> np.ndarray:
     return raw
 
 
-def pool_templates(raw: np.ndarray, templates: np.ndarray, medias: np.ndarray,
-                   image_weights_: Optional[np.ndarray] = None, flip: bool = True,
-                   rows: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+def pool_templates(
+    raw: np.ndarray,
+    templates: np.ndarray,
+    medias: np.ndarray,
+    image_weights_: Optional[np.ndarray] = None,
+    flip: bool = True,
+    rows: Optional[np.ndarray] = None,
+) -> Tuple[np.ndarray, np.ndarray]:
     """(sorted template ids [T], L2-normalised template features [T, D] float32).
 
     A template is the sum over its media of the mean of that media's image features, an image's feature
@@ -332,8 +360,9 @@ def pool_templates(raw: np.ndarray, templates: np.ndarray, medias: np.ndarray,
     template_ids, t_index = np.unique(templates, return_inverse=True)
     _, m_index = np.unique(medias, return_inverse=True)
     # One group per (template, media): its images are averaged, so each image weighs 1 / group size.
-    _, group, counts = np.unique(t_index.astype(np.int64) * (m_index.max() + 1) + m_index,
-                                 return_inverse=True, return_counts=True)
+    _, group, counts = np.unique(
+        t_index.astype(np.int64) * (m_index.max() + 1) + m_index, return_inverse=True, return_counts=True
+    )
     weights = (1.0 / counts[group]).astype(np.float32)
     if image_weights_ is not None:
         weights *= image_weights_
@@ -355,8 +384,10 @@ def check_templates(template_ids: np.ndarray, feats: np.ndarray, source: str = "
     """Refuse template features that are not finite (finite image features whose weighted sum overflows)."""
     bad = np.flatnonzero(~np.isfinite(feats).all(axis=1))
     if bad.size:
-        raise NonFiniteError(f"{source}: template {int(template_ids[bad[0]])} has a non-finite pooled feature "
-                             f"(its image features are too large for float32)")
+        raise NonFiniteError(
+            f"{source}: template {int(template_ids[bad[0]])} has a non-finite pooled feature "
+            f"(its image features are too large for float32)"
+        )
 
 
 def lost_templates(meta: IJBMeta, template_ids: np.ndarray) -> np.ndarray:
@@ -404,10 +435,10 @@ def score_pairs(feats: np.ndarray, i1: np.ndarray, i2: np.ndarray) -> np.ndarray
     block = max(1, DENSE_BLOCK_BYTES // (4 * len(u2)))
     scores = np.empty(len(i1), np.float32)
     for start in range(0, len(u1), block):
-        dense = feats[u1[start:start + block]] @ right
+        dense = feats[u1[start : start + block]] @ right
         if len(u1) <= block:
             width = len(u2)
-            flat = r1.astype(np.int64 if dense.size >= 2 ** 31 else np.int32) * width
+            flat = r1.astype(np.int64 if dense.size >= 2**31 else np.int32) * width
             flat += r2
             np.take(dense.ravel(), flat, out=scores)
         else:
@@ -431,36 +462,60 @@ class IJBVerification:
 
     def to_dict(self) -> dict:
         """JSON-ready summary (no ROC arrays)."""
-        return {"tar_at_far": self.tar_at_far, "tar_at_far_interpolated": self.tar_at_far_interpolated,
-                "auc": self.auc, "num_pairs": self.num_pairs, "num_templates": self.num_templates,
-                "dropped": dict(self.dropped)}
+        return {
+            "tar_at_far": self.tar_at_far,
+            "tar_at_far_interpolated": self.tar_at_far_interpolated,
+            "auc": self.auc,
+            "num_pairs": self.num_pairs,
+            "num_templates": self.num_templates,
+            "dropped": dict(self.dropped),
+        }
 
 
-def verify_templates(template_ids: np.ndarray, template_feats: np.ndarray, t1: np.ndarray, t2: np.ndarray,
-                     labels: np.ndarray, pairs_path: str = "pairs") -> IJBVerification:
+def verify_templates(
+    template_ids: np.ndarray,
+    template_feats: np.ndarray,
+    t1: np.ndarray,
+    t2: np.ndarray,
+    labels: np.ndarray,
+    pairs_path: str = "pairs",
+) -> IJBVerification:
     """Score every pair and summarise the ROC."""
-    scores = score_pairs(template_feats, template_rows(template_ids, t1, pairs_path),
-                         template_rows(template_ids, t2, pairs_path))
+    scores = score_pairs(
+        template_feats, template_rows(template_ids, t1, pairs_path), template_rows(template_ids, t2, pairs_path)
+    )
     bad = np.flatnonzero(~np.isfinite(scores))
     if bad.size:
         row = int(bad[0])
-        where = (f"{pairs_path}:{_line_of_row(pairs_path, row)}" if os.path.isfile(pairs_path)
-                 else f"{pairs_path} row {row}")
-        raise NonFiniteError(f"{where}: the score of templates {int(t1[row])} and {int(t2[row])} is not finite "
-                             f"({bad.size} such pairs)")
+        where = (
+            f"{pairs_path}:{_line_of_row(pairs_path, row)}" if os.path.isfile(pairs_path) else f"{pairs_path} row {row}"
+        )
+        raise NonFiniteError(
+            f"{where}: the score of templates {int(t1[row])} and {int(t2[row])} is not finite ({bad.size} such pairs)"
+        )
     genuine = int(np.count_nonzero(labels))
     if not 0 < genuine < len(labels):
-        raise IJBFormatError(f"{pairs_path}: a ROC needs both genuine (label 1) and impostor (label 0) pairs, "
-                             f"got {genuine} genuine of {len(labels)}")
+        raise IJBFormatError(
+            f"{pairs_path}: a ROC needs both genuine (label 1) and impostor (label 0) pairs, "
+            f"got {genuine} genuine of {len(labels)}"
+        )
     roc = roc_curve(scores, labels)
     table = far_table(roc)
-    return IJBVerification(roc, auc(roc.fpr, roc.tpr), table["nearest"], table["interpolated"],
-                           len(scores), len(template_ids))
+    return IJBVerification(
+        roc, auc(roc.fpr, roc.tpr), table["nearest"], table["interpolated"], len(scores), len(template_ids)
+    )
 
 
-def evaluate_11(meta: IJBMeta, raw_features: np.ndarray, flip: bool = True, norm: bool = True,
-                detector: bool = True, *, drop_nonfinite: bool = False,
-                source: str = "features") -> IJBVerification:
+def evaluate_11(
+    meta: IJBMeta,
+    raw_features: np.ndarray,
+    flip: bool = True,
+    norm: bool = True,
+    detector: bool = True,
+    *,
+    drop_nonfinite: bool = False,
+    source: str = "features",
+) -> IJBVerification:
     """IJB 1:1 verification of per-image raw features in meta row order.
 
     A NaN or infinite feature is an error naming its row (`source` names the features); with `drop_nonfinite`
@@ -481,8 +536,10 @@ def evaluate_11(meta: IJBMeta, raw_features: np.ndarray, flip: bool = True, norm
         keep = ~(np.isin(t1, lost) | np.isin(t2, lost))
         dropped.update(templates=len(lost), pairs=int(len(keep) - keep.sum()))
         if not keep.any():
-            raise NonFiniteError(f"{pairs_path}: every pair names a template whose images were all dropped "
-                                 f"({len(lost)} templates lost to non-finite {source})")
+            raise NonFiniteError(
+                f"{pairs_path}: every pair names a template whose images were all dropped "
+                f"({len(lost)} templates lost to non-finite {source})"
+            )
         t1, t2, labels = t1[keep], t2[keep], labels[keep]
     report = verify_templates(ids, pooled, t1, t2, labels, pairs_path)
     report = dataclasses.replace(report, dropped=dropped)

@@ -6,6 +6,7 @@ with threshold `+inf`. insightface reads TAR at a FAR off that curve as the poin
 target (largest TPR among equally near points); `tar_at_far_interpolated` reads the curve at exactly the
 target FPR instead, which never spends more false accepts than the target allows.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """An ONNX face-embedding model (onnxruntime) behind the torch.nn.Module interface the evaluators use."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """ROC plot (PNG) of an IJB 1:1 evaluation, log-scaled FAR axis as in the IJB papers."""
+
 from __future__ import annotations
 
 from evaluation.errors import UserInputError

@@ -5,6 +5,7 @@ every image is then mapped through that table, on any device. Evaluating the for
 would not give the same bits everywhere: CUDA divides by a scalar by multiplying with its reciprocal, which
 differs in the last bit for 111 of the 256 values.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache

@@ -1,4 +1,5 @@
 """Embedding across ranks (torchrun): each rank takes a contiguous shard of rows; rank 0 gets them all in order."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -15,8 +16,9 @@ def shard_rows(n: int, rank: int, world_size: int) -> np.ndarray:
     return np.array_split(np.arange(n), world_size)[rank]
 
 
-def gather_rows(local: np.ndarray, n: int, rank: int, world_size: int,
-                device: Optional[torch.device] = None) -> Optional[np.ndarray]:
+def gather_rows(
+    local: np.ndarray, n: int, rank: int, world_size: int, device: Optional[torch.device] = None
+) -> Optional[np.ndarray]:
     """All ranks' `local` shards (from `shard_rows`) concatenated in row order on rank 0; None elsewhere.
 
     Shards are padded to one size so a plain all_gather works on gloo and NCCL alike (`device`: the NCCL
@@ -26,7 +28,7 @@ def gather_rows(local: np.ndarray, n: int, rank: int, world_size: int,
         return local
     sizes = [len(s) for s in np.array_split(np.arange(n), world_size)]
     padded = torch.zeros((sizes[0],) + local.shape[1:], dtype=torch.float32, device=device)
-    padded[:len(local)] = torch.from_numpy(np.ascontiguousarray(local, np.float32)).to(padded.device)
+    padded[: len(local)] = torch.from_numpy(np.ascontiguousarray(local, np.float32)).to(padded.device)
     parts = [torch.empty_like(padded) for _ in range(world_size)]
     dist.all_gather(parts, padded)
     if rank != 0:

@@ -11,6 +11,7 @@ the target), then TAR (`val`) and FAR are measured on the held-out fold.
 
 Counts come from binary search over sorted distances, so 6,000 pairs take milliseconds.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -186,8 +187,10 @@ def evaluate(embeddings: Any, issame: Sequence[bool], nrof_folds: int = 10) -> B
         raise ValueError(f"need at least nrof_folds={nrof_folds} pairs, got {n}")
     bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
     if bad.size:  # a NaN distance is never below a threshold: every such pair would count as "different"
-        raise NonFiniteError(f"embedding row {bad[0]} (pair {bad[0] // 2}) holds NaN or infinity "
-                         f"({bad.size} of {len(emb)} rows do): the model's output is not finite")
+        raise NonFiniteError(
+            f"embedding row {bad[0]} (pair {bad[0] // 2}) holds NaN or infinity "
+            f"({bad.size} of {len(emb)} rows do): the model's output is not finite"
+        )
 
     norms = row_norms(emb)
     dist = pair_distances(emb, norms)

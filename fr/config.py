@@ -1,4 +1,5 @@
 """Typed configuration: dataclass sections, Python/JSON recipe loading, key=value overrides, validation."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,6 +12,7 @@ import traceback
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
+
 from evaluation.errors import UserInputError
 
 
@@ -51,13 +53,13 @@ def _non_negative(key: str, value: float) -> None:
 class SynthConfig:
     """The procedural face data set, generated into `data.root` on first use when `data.synthetic` is set."""
 
-    identities: int = 600          # training identities
-    per_identity: int = 20         # training images per identity
+    identities: int = 600  # training identities
+    per_identity: int = 20  # training images per identity
     holdout_identities: int = 300  # disjoint identities for the verification .bin
-    pairs: int = 1200              # verification pairs, a positive multiple of 20: 10 folds, each half positive
+    pairs: int = 1200  # verification pairs, a positive multiple of 20: 10 folds, each half positive
     seed: int = 0
-    workers: int = 0               # rendering processes; 0 = one per CPU core
-    difficulty: float = 1.0        # multiplier on every nuisance variation (pose, light, occlusion, ...)
+    workers: int = 0  # rendering processes; 0 = one per CPU core
+    difficulty: float = 1.0  # multiplier on every nuisance variation (pose, light, occlusion, ...)
 
     FOLDS: typing.ClassVar[int] = 10  # verification folds; each holds as many positive as negative pairs
 
@@ -70,30 +72,35 @@ class SynthConfig:
             ("identities", self.identities >= 1, ">= 1"),
             ("per_identity", self.per_identity >= 1, ">= 1"),
             ("holdout_identities", self.holdout_identities >= 2, ">= 2 (a negative pair needs two identities)"),
-            ("pairs", self.pairs > 0 and self.pairs % (2 * self.FOLDS) == 0,
-             f"a positive multiple of {2 * self.FOLDS} ({self.FOLDS} folds x one positive and one negative pair)"),
+            (
+                "pairs",
+                self.pairs > 0 and self.pairs % (2 * self.FOLDS) == 0,
+                f"a positive multiple of {2 * self.FOLDS} ({self.FOLDS} folds x one positive and one negative pair)",
+            ),
             ("seed", self.seed >= 0, ">= 0"),
             ("workers", self.workers >= 0, ">= 0"),
             ("difficulty", 0 <= self.difficulty < float("inf"), "a finite number >= 0"),
         )
         for name, ok, wanted in rules:
             if not ok:
-                raise ConfigError(f"data.synth.{name} (fr-data synth --{name.replace('_', '-')}) must be {wanted}, "
-                                  f"got {getattr(self, name)}")
+                raise ConfigError(
+                    f"data.synth.{name} (fr-data synth --{name.replace('_', '-')}) must be {wanted}, "
+                    f"got {getattr(self, name)}"
+                )
 
 
 @dataclass
 class DataConfig:
-    root: str = ""                 # directory with train.rec / train.idx (insightface layout)
-    synthetic: bool = False        # generate the procedural set into `root` if it is not there yet
+    root: str = ""  # directory with train.rec / train.idx (insightface layout)
+    synthetic: bool = False  # generate the procedural set into `root` if it is not there yet
     synth: SynthConfig = field(default_factory=SynthConfig)
-    loader: str = "torch"          # torch (DataLoader), dali (fn.readers.mxnet), auto (dali when installed)
-    num_classes: int = 0           # 0 = read from the record file's header
-    num_workers: int = 2           # DataLoader worker processes per rank
-    batch_size: int = 128          # per rank
+    loader: str = "torch"  # torch (DataLoader), dali (fn.readers.mxnet), auto (dali when installed)
+    num_classes: int = 0  # 0 = read from the record file's header
+    num_workers: int = 2  # DataLoader worker processes per rank
+    batch_size: int = 128  # per rank
     image_size: int = 112
     augment: List[str] = field(default_factory=list)  # of resize, blur, hsv, gray (flip is always on)
-    cache_dir: str = ""            # checked image index (both loaders); "" = <data.root>/.fr_cache, else ~/.cache/fr
+    cache_dir: str = ""  # checked image index (both loaders); "" = <data.root>/.fr_cache, else ~/.cache/fr
 
     def validate(self) -> None:
         """data.root, names against the loader and augmentation registries, sizes, then data.synth."""
@@ -146,8 +153,10 @@ class LossConfig:
             if name not in accepted and not takes_any:  # as LOSSES.build: **kwargs takes any name
                 close = difflib.get_close_matches(name, accepted, n=2)
                 hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-                raise ConfigError(f"{key}: loss {self.name!r} has no parameter {name!r}{hint}; "
-                                  f"it takes {', '.join(accepted) or 'none'}")
+                raise ConfigError(
+                    f"{key}: loss {self.name!r} has no parameter {name!r}{hint}; "
+                    f"it takes {', '.join(accepted) or 'none'}"
+                )
             if _is_scalar_type(hints.get(name)):
                 coerce(value, hints[name], key)  # e.g. exact_gradient=0.5 or seed=1.5 is caught here
 
@@ -156,7 +165,7 @@ class LossConfig:
 class PartialFCConfig:
     sample_rate: float = 1.0
     seed: int = 0
-    update: HeadUpdate = "dense"                 # dense | sparse (only sampled rows + their momentum; sgd only)
+    update: HeadUpdate = "dense"  # dense | sparse (only sampled rows + their momentum; sgd only)
     interclass_filtering_threshold: float = 0.0  # 0 disables; softmax-type losses only
 
     def validate(self) -> None:
@@ -164,21 +173,23 @@ class PartialFCConfig:
             raise ConfigError(f"partial_fc.sample_rate must be in (0, 1], got {self.sample_rate}")
         _check_choice("partial_fc.update", self.update, typing.get_args(HeadUpdate))
         if not 0.0 <= self.interclass_filtering_threshold < 1.0:
-            raise ConfigError("partial_fc.interclass_filtering_threshold must be in [0, 1), got "
-                              f"{self.interclass_filtering_threshold}")
+            raise ConfigError(
+                "partial_fc.interclass_filtering_threshold must be in [0, 1), got "
+                f"{self.interclass_filtering_threshold}"
+            )
 
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"              # sgd | adamw
+    name: str = "sgd"  # sgd | adamw
     lr: float = 0.1
-    momentum: float = 0.9          # sgd only
+    momentum: float = 0.9  # sgd only
     betas: Tuple[float, float] = (0.9, 0.999)  # adamw only
     weight_decay: float = 5e-4
-    schedule: str = "poly"         # poly | constant
-    power: float = 2.0             # polynomial decay exponent
+    schedule: str = "poly"  # poly | constant
+    power: float = 2.0  # polynomial decay exponent
     warmup_epochs: float = 0.0
-    clip_grad_norm: float = 5.0    # on the backbone's gradients; 0 disables
+    clip_grad_norm: float = 5.0  # on the backbone's gradients; 0 disables
 
     def validate(self) -> None:
         from fr.train.optim import OPTIMIZERS, SCHEDULES
@@ -194,17 +205,17 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 20
-    max_steps: int = 0             # > 0 stops after this many steps (overrides epochs)
+    max_steps: int = 0  # > 0 stops after this many steps (overrides epochs)
     seed: int = 2048
-    device: Device = "auto"        # auto | cpu | cuda
-    amp: Amp = "auto"              # auto (fp16 on CUDA, off on CPU) | on | off
-    log_every: int = 50            # steps between console/TensorBoard logs
-    threads: int = 0               # torch intra-op threads per process; 0 = torch's default
+    device: Device = "auto"  # auto | cpu | cuda
+    amp: Amp = "auto"  # auto (fp16 on CUDA, off on CPU) | on | off
+    log_every: int = 50  # steps between console/TensorBoard logs
+    threads: int = 0  # torch intra-op threads per process; 0 = torch's default
     exact_backbone_grad: bool = False  # True: backbone gets the exact global-batch gradient at any world size
-    channels_last: bool = False    # NHWC memory format for the backbone (faster convs on CPU and tensor cores)
-    resume: str = ""               # "" = fresh run; "auto" = continue from output.dir's last checkpoint if any;
-                                   # or a run dir / its checkpoints dir / one step_* dir to continue from
-    strategy: str = "ddp"          # how the backbone trains data-parallel (fr.train.strategy.STRATEGIES)
+    channels_last: bool = False  # NHWC memory format for the backbone (faster convs on CPU and tensor cores)
+    resume: str = ""  # "" = fresh run; "auto" = continue from output.dir's last checkpoint if any;
+    # or a run dir / its checkpoints dir / one step_* dir to continue from
+    strategy: str = "ddp"  # how the backbone trains data-parallel (fr.train.strategy.STRATEGIES)
     max_nonfinite_steps: int = 20  # consecutive skipped (NaN/inf) steps that stop the run
 
     def validate(self) -> None:
@@ -225,8 +236,8 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     bins: List[str] = field(default_factory=list)  # .bin files; relative names resolve against data.root
-    every: int = 2000              # steps between evaluations; 0 = only at the end
-    at_start: bool = False         # also evaluate the untrained network
+    every: int = 2000  # steps between evaluations; 0 = only at the end
+    at_start: bool = False  # also evaluate the untrained network
     batch_size: int = 128
 
     def validate(self) -> None:
@@ -238,10 +249,10 @@ class EvalConfig:
 class OutputConfig:
     dir: str = "work_dirs/run"
     tensorboard: bool = True
-    save_state: bool = True        # write resumable checkpoints (all ranks' state) under <dir>/checkpoints
-    checkpoint_every: int = 0      # steps between resumable checkpoints; 0 = at the end of every epoch
-    keep_checkpoints: int = 1      # newest checkpoints kept; older ones are deleted once a newer one is whole
-    overwrite: bool = False        # a fresh run may replace an earlier run's outputs in `dir` (else it is refused)
+    save_state: bool = True  # write resumable checkpoints (all ranks' state) under <dir>/checkpoints
+    checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = at the end of every epoch
+    keep_checkpoints: int = 1  # newest checkpoints kept; older ones are deleted once a newer one is whole
+    overwrite: bool = False  # a fresh run may replace an earlier run's outputs in `dir` (else it is refused)
 
     def validate(self) -> None:
         _non_negative("output.checkpoint_every", self.checkpoint_every)
@@ -409,7 +420,9 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return coerce(value, inner[0], key) if len(inner) == 1 else _coerce_union(value, inner, key)
     if dataclasses.is_dataclass(annotation):
-        raise ConfigError(f"{key} is a section; set its fields, e.g. {key}.{dataclasses.fields(annotation)[0].name}=...")
+        raise ConfigError(
+            f"{key} is a section; set its fields, e.g. {key}.{dataclasses.fields(annotation)[0].name}=..."
+        )
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -559,8 +572,14 @@ def _run_recipe(path: str) -> Dict[str, Any]:
         raise ConfigError(f"{exc.filename or path}:{exc.lineno}: {exc.msg}") from exc
     except Exception as exc:
         target = os.path.abspath(path)
-        line = next((frame.lineno for frame in reversed(traceback.extract_tb(exc.__traceback__))
-                     if os.path.abspath(frame.filename) == target), None)
+        line = next(
+            (
+                frame.lineno
+                for frame in reversed(traceback.extract_tb(exc.__traceback__))
+                if os.path.abspath(frame.filename) == target
+            ),
+            None,
+        )
         where = f"{path}:{line}" if line is not None else path
         raise ConfigError(f"{where}: {type(exc).__name__}: {exc}") from exc
 

@@ -1,4 +1,5 @@
 """Process-group setup, device choice and autograd-aware collectives; the only reader of RANK/WORLD_SIZE."""
+
 from __future__ import annotations
 
 import gc
@@ -80,9 +81,13 @@ def init_distributed(device_preference: str = "auto", timeout_s: float = 1800.0)
         backend = "nccl" if device.type == "cuda" else "gloo"
         from datetime import timedelta
 
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
-                                timeout=timedelta(seconds=timeout_s),
-                                store=restart_attempt_store(world_size, timedelta(seconds=timeout_s)))
+        dist.init_process_group(
+            backend=backend,
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=timeout_s),
+            store=restart_attempt_store(world_size, timedelta(seconds=timeout_s)),
+        )
         log.info("joined process group: rank %d/%d, backend %s, device %s", rank, world_size, backend, device)
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
@@ -96,8 +101,13 @@ def restart_attempt_store(world_size: int, timeout) -> Optional[dist.Store]:
     """
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return None
-    store = dist.TCPStore(os.environ.get("MASTER_ADDR", "localhost"), _env_int("MASTER_PORT", 29500), world_size,
-                          is_master=False, timeout=timeout)
+    store = dist.TCPStore(
+        os.environ.get("MASTER_ADDR", "localhost"),
+        _env_int("MASTER_PORT", 29500),
+        world_size,
+        is_master=False,
+        timeout=timeout,
+    )
     return dist.PrefixStore(f"fr/attempt_{_env_int('TORCHELASTIC_RESTART_COUNT', 0)}", store)
 
 
@@ -106,8 +116,12 @@ def env_from_group(device: Optional[torch.device] = None) -> DistEnv:
     if not dist.is_available() or not dist.is_initialized():
         return DistEnv(device=device or torch.device("cpu"))
     rank = dist.get_rank()
-    return DistEnv(rank=rank, world_size=dist.get_world_size(), local_rank=_env_int("LOCAL_RANK", rank),
-                   device=device or torch.device("cpu"))
+    return DistEnv(
+        rank=rank,
+        world_size=dist.get_world_size(),
+        local_rank=_env_int("LOCAL_RANK", rank),
+        device=device or torch.device("cpu"),
+    )
 
 
 def cleanup() -> None:
@@ -175,8 +189,9 @@ class _AllGatherWithGrad(torch.autograd.Function):
         return ctx.backward_fn(grads, ctx.rank), None
 
 
-def all_gather_with_grad(tensor: torch.Tensor, env: DistEnv, backward_fn: Optional[GatherBackward] = None
-                         ) -> torch.Tensor:
+def all_gather_with_grad(
+    tensor: torch.Tensor, env: DistEnv, backward_fn: Optional[GatherBackward] = None
+) -> torch.Tensor:
     """Concatenate `tensor` from every rank along dim 0; gradients flow back to the owners.
 
     Every rank must pass the same shape (PartialFC checks the batch sizes first): both the all-gather and

@@ -1,13 +1,14 @@
 """fr's output files: the error for an output the user chose that cannot be written, and the temporaries a
 killed run's atomic writes (evaluation.fileio) left behind."""
+
 from __future__ import annotations
 
 import os
 import re
 from typing import List
 
-from evaluation.fileio import TMP_RANDOM, TMP_SUFFIX
 from evaluation.errors import UserInputError
+from evaluation.fileio import TMP_RANDOM, TMP_SUFFIX
 
 
 class OutputError(UserInputError):

@@ -1,4 +1,5 @@
 """Name -> factory registries (backbones, losses, objectives, ...) with errors that suggest what was meant."""
+
 from __future__ import annotations
 
 import difflib
@@ -46,8 +47,10 @@ class Registry:
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(factory: T) -> T:
             if name in self._entries and self._entries[name] is not factory:
-                raise ValueError(f"{self.kind} {name!r} is already registered "
-                                 f"by {getattr(self._entries[name], '__qualname__', self._entries[name])}")
+                raise ValueError(
+                    f"{self.kind} {name!r} is already registered "
+                    f"by {getattr(self._entries[name], '__qualname__', self._entries[name])}"
+                )
             if name in self.special:
                 raise ValueError(f"{self.kind} {name!r} is reserved")
             self._entries[name] = factory
@@ -80,8 +83,9 @@ class Registry:
         """The factory registered as `name`; otherwise a one-line UnknownNameError with close matches."""
         if name not in self._entries:
             choices = self.choices()
-            raise UnknownNameError(f"unknown {self.kind} {name!r}{suggest(name, choices)}; "
-                                   f"accepted: {', '.join(choices)}")
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}{suggest(name, choices)}; accepted: {', '.join(choices)}"
+            )
         return self._entries[name]
 
     __getitem__ = get
@@ -93,10 +97,15 @@ class Registry:
         if not any(p.kind is p.VAR_KEYWORD for p in params):
             accepted = keyword_names(factory)
             for key in sorted(set(kwargs) - set(accepted)):
-                raise ValueError(f"{self.kind} {name!r} has no parameter {key!r}{suggest(key, accepted)}; "
-                                 f"accepted: {', '.join(accepted) or '(none)'}")
-            missing = [p.name for p in params if p.default is p.empty and p.name not in kwargs
-                       and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+                raise ValueError(
+                    f"{self.kind} {name!r} has no parameter {key!r}{suggest(key, accepted)}; "
+                    f"accepted: {', '.join(accepted) or '(none)'}"
+                )
+            missing = [
+                p.name
+                for p in params
+                if p.default is p.empty and p.name not in kwargs and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            ]
             if missing:
                 raise ValueError(f"{self.kind} {name!r} needs parameter(s) {', '.join(missing)}")
         return factory(**kwargs)

@@ -1,4 +1,5 @@
 """Fixtures the test modules share; the code behind them is in tests/helpers (importable by spawned workers)."""
+
 import pytest
 
 from tests.helpers import checkpoint, distributed, onnx_export, records

@@ -1,4 +1,5 @@
 """5-point alignment: Umeyama recovers a known similarity, and the warp undoes it on a real image."""
+
 import numpy as np
 import pytest
 

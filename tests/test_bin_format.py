@@ -1,4 +1,5 @@
 """Tests for evaluation.bin_format: insightface .bin verification sets (Python 2 and 3 pickles)."""
+
 import os
 import pickle
 import pickletools
@@ -8,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evaluation import load_bin, write_bin
-from evaluation import bin_format
+from evaluation import bin_format, load_bin, write_bin
 from evaluation.bin_format import BinFormatError, encode_jpeg, encode_png
 from tests.helpers.images import png
 

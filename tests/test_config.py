@@ -1,4 +1,5 @@
 """Config: recipe loading, typed overrides, one-line errors with suggestions, JSON round trip."""
+
 import json
 import os
 import re
@@ -14,9 +15,20 @@ BASE = os.path.join(ROOT, "configs", "base.py")
 
 
 def test_overrides_are_typed():
-    cfg = apply_overrides(Config(), ["optim.lr=0.05", "loss.name=cosface", "train.max_steps=7",
-                                     "eval.bins=a.bin,b.bin", "output.tensorboard=false", "optim.betas=[0.8,0.9]",
-                                     "loss.params.m=0.35", "model.kwargs={\"scale\": 1}", "data.synth.seed=3"])
+    cfg = apply_overrides(
+        Config(),
+        [
+            "optim.lr=0.05",
+            "loss.name=cosface",
+            "train.max_steps=7",
+            "eval.bins=a.bin,b.bin",
+            "output.tensorboard=false",
+            "optim.betas=[0.8,0.9]",
+            "loss.params.m=0.35",
+            'model.kwargs={"scale": 1}',
+            "data.synth.seed=3",
+        ],
+    )
     assert cfg.optim.lr == 0.05 and isinstance(cfg.optim.lr, float)
     assert cfg.loss.name == "cosface"
     assert cfg.train.max_steps == 7 and isinstance(cfg.train.max_steps, int)
@@ -28,15 +40,18 @@ def test_overrides_are_typed():
     assert cfg.data.synth.seed == 3
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("optim.lrr=0.1", "did you mean optim.lr"),
-    ("optim.lr=fast", "optim.lr expects a number"),
-    ("train.max_steps=1.5", "train.max_steps expects an int"),
-    ("output.tensorboard=maybe", "expects a bool"),
-    ("optim=3", "optim is a section"),
-    ("data.batchsize=4", "did you mean data.batch_size"),
-    ("lr", "not of the form key=value"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("optim.lrr=0.1", "did you mean optim.lr"),
+        ("optim.lr=fast", "optim.lr expects a number"),
+        ("train.max_steps=1.5", "train.max_steps expects an int"),
+        ("output.tensorboard=maybe", "expects a bool"),
+        ("optim=3", "optim is a section"),
+        ("data.batchsize=4", "did you mean data.batch_size"),
+        ("lr", "not of the form key=value"),
+    ],
+)
 def test_override_errors_are_one_line_and_name_the_key(override, needle):
     with pytest.raises(ConfigError) as info:
         apply_overrides(Config(), [override])
@@ -46,28 +61,42 @@ def test_override_errors_are_one_line_and_name_the_key(override, needle):
 
 def test_recipe_inherits_base_and_validates(tmp_path):
     recipe = tmp_path / "recipe.py"
-    recipe.write_text(f"from fr.config import inherit\nconfig = inherit(__file__, {BASE!r})\n"
-                      "config.data.root = '/data'\nconfig.optim.lr = 0.02\n")
+    recipe.write_text(
+        f"from fr.config import inherit\nconfig = inherit(__file__, {BASE!r})\n"
+        "config.data.root = '/data'\nconfig.optim.lr = 0.02\n"
+    )
     cfg = load_config(str(recipe), ["loss.name=cosface"])
     assert cfg.model.backbone == "iresnet50"  # from base
     assert cfg.optim.lr == 0.02 and cfg.loss.name == "cosface"
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("loss.name=arcfce", "did you mean arcface"),
-    ("model.backbone=iresnet5", "iresnet50"),
-    ("optim.name=adam", "adamw"),
-    ("partial_fc.sample_rate=0", "partial_fc.sample_rate"),
-    ("data.root=", "data.root is empty"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("loss.name=arcfce", "did you mean arcface"),
+        ("model.backbone=iresnet5", "iresnet50"),
+        ("optim.name=adam", "adamw"),
+        ("partial_fc.sample_rate=0", "partial_fc.sample_rate"),
+        ("data.root=", "data.root is empty"),
+    ],
+)
 def test_validation_names_the_key(override, needle):
     with pytest.raises(ConfigError, match=needle):
         load_config(BASE, ["data.root=/data", override])
 
 
 def test_saved_json_loads_back_identically(tmp_path):
-    cfg = load_config(BASE, ["data.root=/data", "optim.lr=0.3", "eval.bins=x", "loss.params.m=0.2",
-                             "loss.params.exact_gradient=on", "train.amp=off"])
+    cfg = load_config(
+        BASE,
+        [
+            "data.root=/data",
+            "optim.lr=0.3",
+            "eval.bins=x",
+            "loss.params.m=0.2",
+            "loss.params.exact_gradient=on",
+            "train.amp=off",
+        ],
+    )
     path = tmp_path / "config.json"
     save_config(cfg, str(path))
     again = load_file(str(path))
@@ -106,15 +135,23 @@ SECTION_RULES = [
     ("data", "batch_size", 0, "data.batch_size must be > 0, got 0"),
     ("data", "num_workers", -1, "data.num_workers must be >= 0, got -1"),
     ("data", "loader", "dail", "data.loader='dail' is not one of dali, torch, auto (did you mean dali?)"),
-    ("data", "augment", ["blur", "blurr"],
-     "data.augment[1]='blurr' is not one of blur, gray, hsv, resize (did you mean blur?)"),
+    (
+        "data",
+        "augment",
+        ["blur", "blurr"],
+        "data.augment[1]='blurr' is not one of blur, gray, hsv, resize (did you mean blur?)",
+    ),
     ("model", "embedding_size", 0, "model.embedding_size must be > 0, got 0"),
     ("model", "backbone", "iresnet5", "model.backbone='iresnet5' is not one of"),
     ("loss", "name", "cosfac", "loss.name='cosfac' is not one of"),
     ("partial_fc", "sample_rate", 1.5, "partial_fc.sample_rate must be in (0, 1], got 1.5"),
     ("partial_fc", "update", "sprase", "partial_fc.update='sprase' is not one of dense, sparse (did you mean sparse?)"),
-    ("partial_fc", "interclass_filtering_threshold", 1.0,
-     "partial_fc.interclass_filtering_threshold must be in [0, 1), got 1.0"),
+    (
+        "partial_fc",
+        "interclass_filtering_threshold",
+        1.0,
+        "partial_fc.interclass_filtering_threshold must be in [0, 1), got 1.0",
+    ),
     ("optim", "lr", 0.0, "optim.lr must be > 0, got 0.0"),
     ("optim", "weight_decay", -1e-4, "optim.weight_decay must be >= 0, got -0.0001"),
     ("optim", "schedule", "pol", "optim.schedule='pol' is not one of constant, poly (did you mean poly?)"),
@@ -129,8 +166,9 @@ SECTION_RULES = [
 ]
 
 
-@pytest.mark.parametrize("section, name, bad, message", SECTION_RULES,
-                         ids=[f"{row[0]}.{row[1]}" for row in SECTION_RULES])
+@pytest.mark.parametrize(
+    "section, name, bad, message", SECTION_RULES, ids=[f"{row[0]}.{row[1]}" for row in SECTION_RULES]
+)
 def test_each_section_validates_its_own_fields(section, name, bad, message):
     cfg = valid_config()
     cfg.validate()  # the starting point is valid: the error below is this field's
@@ -158,9 +196,14 @@ def test_config_validate_reaches_the_synth_section():
         cfg.validate()
 
 
-@pytest.mark.parametrize("key, choices", [("partial_fc.update", ("dense", "sparse")),
-                                          ("train.device", ("auto", "cpu", "cuda")),
-                                          ("train.amp", ("auto", "on", "off"))])
+@pytest.mark.parametrize(
+    "key, choices",
+    [
+        ("partial_fc.update", ("dense", "sparse")),
+        ("train.device", ("auto", "cpu", "cuda")),
+        ("train.amp", ("auto", "on", "off")),
+    ],
+)
 def test_fixed_choices_are_literal_annotations(key, choices):
     section, name = key.split(".")
     hint = typing.get_type_hints(type(getattr(Config(), section)))[name]
@@ -182,7 +225,9 @@ def test_fixed_choices_are_checked_by_overrides_recipes_and_saved_configs(tmp_pa
     assert str(info.value) == message
 
     recipe = tmp_path / "recipe.py"
-    recipe.write_text(f"from fr.config import inherit\nconfig = inherit(__file__, {BASE!r})\nconfig.{key} = {value!r}\n")
+    recipe.write_text(
+        f"from fr.config import inherit\nconfig = inherit(__file__, {BASE!r})\nconfig.{key} = {value!r}\n"
+    )
     with pytest.raises(ConfigError) as info:
         load_file(str(recipe))
     assert str(info.value) == f"{recipe}: {message}"
@@ -199,15 +244,16 @@ def test_fixed_choices_accept_every_listed_value(tmp_path):
     cfg = apply_overrides(valid_config(), ["train.device=cpu", "train.amp=off", "partial_fc.update=sparse"])
     assert (cfg.train.device, cfg.train.amp, cfg.partial_fc.update) == ("cpu", "off", "sparse")
     recipe = tmp_path / "recipe.py"
-    recipe.write_text(f"from fr.config import inherit\nconfig = inherit(__file__, {BASE!r})\n"
-                      "config.data.root = '/data'\nconfig.train.device = 'cuda'\nconfig.train.amp = 'on'\n")
+    recipe.write_text(
+        f"from fr.config import inherit\nconfig = inherit(__file__, {BASE!r})\n"
+        "config.data.root = '/data'\nconfig.train.device = 'cuda'\nconfig.train.amp = 'on'\n"
+    )
     cfg = load_config(str(recipe))
     assert (cfg.train.device, cfg.train.amp) == ("cuda", "on")
 
 
 def test_loss_params_are_typed_bools_and_numbers():
-    cfg = apply_overrides(valid_config(), ["loss.params.exact_gradient=true", "loss.params.m=0.35",
-                                           "loss.params.s=64"])
+    cfg = apply_overrides(valid_config(), ["loss.params.exact_gradient=true", "loss.params.m=0.35", "loss.params.s=64"])
     assert cfg.loss.params == {"exact_gradient": True, "m": 0.35, "s": 64}
     assert cfg.loss.params["exact_gradient"] is True and isinstance(cfg.loss.params["s"], int)
     cfg.validate()
@@ -217,31 +263,43 @@ def test_loss_params_are_typed_bools_and_numbers():
     assert off is False
     whole = apply_overrides(valid_config(), ['loss.params={"exact_gradient": true, "m": 1e-1}']).loss.params
     assert whole == {"exact_gradient": True, "m": 0.1}
-    elastic = apply_overrides(valid_config(), ["loss.name=elastic_cos", "loss.params.sigma=null",
-                                               "loss.params.plus=yes", "loss.params.seed=7"])
+    elastic = apply_overrides(
+        valid_config(),
+        ["loss.name=elastic_cos", "loss.params.sigma=null", "loss.params.plus=yes", "loss.params.seed=7"],
+    )
     assert elastic.validate().loss.params == {"sigma": None, "plus": True, "seed": 7}
 
 
-@pytest.mark.parametrize("override, message", [
-    ("loss.params.m=big", "loss.params.m expects a bool or a number, got 'big'"),
-    ('loss.params={"m": "0.5x"}', "loss.params.m expects a bool or a number, got '0.5x'"),
-    ("loss.params.m.x=1", "unknown config key 'loss.params.m.x'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("loss.params.m=big", "loss.params.m expects a bool or a number, got 'big'"),
+        ('loss.params={"m": "0.5x"}', "loss.params.m expects a bool or a number, got '0.5x'"),
+        ("loss.params.m.x=1", "unknown config key 'loss.params.m.x'"),
+    ],
+)
 def test_loss_params_reject_text_naming_the_param(override, message):
     with pytest.raises(ConfigError) as info:
         apply_overrides(valid_config(), [override])
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["loss.params.mm=0.3"],
-     "loss.params.mm: loss 'arcface' has no parameter 'mm' (did you mean m?); it takes s, m, exact_gradient"),
-    (["loss.name=cosface", "loss.params.exact_gradient=true"],
-     "loss.params.exact_gradient: loss 'cosface' has no parameter 'exact_gradient'; it takes s, m"),
-    (["loss.params.exact_gradient=0.5"], "loss.params.exact_gradient expects a bool (true/false), got 0.5"),
-    (["loss.params.m=true"], "loss.params.m expects a number, got True"),
-    (["loss.name=elastic_arc", "loss.params.seed=1.5"], "loss.params.seed expects an int, got 1.5"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["loss.params.mm=0.3"],
+            "loss.params.mm: loss 'arcface' has no parameter 'mm' (did you mean m?); it takes s, m, exact_gradient",
+        ),
+        (
+            ["loss.name=cosface", "loss.params.exact_gradient=true"],
+            "loss.params.exact_gradient: loss 'cosface' has no parameter 'exact_gradient'; it takes s, m",
+        ),
+        (["loss.params.exact_gradient=0.5"], "loss.params.exact_gradient expects a bool (true/false), got 0.5"),
+        (["loss.params.m=true"], "loss.params.m expects a number, got True"),
+        (["loss.name=elastic_arc", "loss.params.seed=1.5"], "loss.params.seed expects an int, got 1.5"),
+    ],
+)
 def test_loss_params_are_checked_against_the_loss_keywords(overrides, message):
     with pytest.raises(ConfigError) as info:
         load_config(BASE, ["data.root=/data", *overrides])
@@ -264,19 +322,23 @@ def test_loss_params_of_a_loss_taking_any_keyword_are_checked_by_type_only(monke
 
 def test_recipe_loss_params_are_checked_too(tmp_path):
     recipe = tmp_path / "recipe.py"
-    recipe.write_text(f"from fr.config import inherit\nconfig = inherit(__file__, {BASE!r})\n"
-                      "config.data.root = '/data'\nconfig.loss.params = {'m': 'wide'}\n")
+    recipe.write_text(
+        f"from fr.config import inherit\nconfig = inherit(__file__, {BASE!r})\n"
+        "config.data.root = '/data'\nconfig.loss.params = {'m': 'wide'}\n"
+    )
     with pytest.raises(ConfigError, match=r"recipe.py: loss.params.m expects a bool or a number, got 'wide'$"):
         load_file(str(recipe))
 
 
-@pytest.mark.parametrize("section, name, bad, needle", [
-    ("loss", "params", {"mm": 0.3}, "loss.params.mm"),
-    ("data", "augment", ["sepia"], "data.augment[0]='sepia'"),
-    ("train", "device", "gpu", "train.device='gpu'"),
-])
-def test_train_checks_a_python_built_config_before_any_process_group(tmp_path, monkeypatch, section, name, bad,
-                                                                     needle):
+@pytest.mark.parametrize(
+    "section, name, bad, needle",
+    [
+        ("loss", "params", {"mm": 0.3}, "loss.params.mm"),
+        ("data", "augment", ["sepia"], "data.augment[0]='sepia'"),
+        ("train", "device", "gpu", "train.device='gpu'"),
+    ],
+)
+def test_train_checks_a_python_built_config_before_any_process_group(tmp_path, monkeypatch, section, name, bad, needle):
     from fr.train import run
 
     def must_not_run(*args, **kwargs):
@@ -295,7 +357,8 @@ def test_train_checks_a_python_built_config_before_any_process_group(tmp_path, m
 
 # ---------------------------------------------------------------------------------- documented override forms
 DOCS = [os.path.join(ROOT, "README.md")] + sorted(
-    os.path.join(ROOT, "docs", name) for name in os.listdir(os.path.join(ROOT, "docs")) if name.endswith(".md"))
+    os.path.join(ROOT, "docs", name) for name in os.listdir(os.path.join(ROOT, "docs")) if name.endswith(".md")
+)
 KEY_VALUE = r"[a-z_]+(?:\.[a-z_0-9]+)+=[^`\s]*(?: [^`\s]+)*"
 
 
@@ -325,8 +388,14 @@ def expected_value(text, default):
 
 def test_the_parser_finds_the_documented_overrides():
     forms = documented_overrides()
-    for known in ("optim.lr=0.05", "loss.params.m=0.35", 'model.kwargs={"width": 32}', "eval.bins=lfw,cfp_fp",
-                  "train.resume=auto", "loss.params.exact_gradient=true"):
+    for known in (
+        "optim.lr=0.05",
+        "loss.params.m=0.35",
+        'model.kwargs={"width": 32}',
+        "eval.bins=lfw,cfp_fp",
+        "train.resume=auto",
+        "loss.params.exact_gradient=true",
+    ):
         assert known in forms
 
 

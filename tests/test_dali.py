@@ -1,4 +1,5 @@
 """DALI loader (CPU pipeline) over an unshuffled insightface-layout file: sharding, labels, resume, config."""
+
 import io
 import os
 
@@ -26,8 +27,9 @@ def grey_records(record_dir):
 
 
 def loader_for(root, rank, world=2, batch=4, **kw):
-    cfg = DataConfig(root=str(root), loader="dali", batch_size=batch, num_workers=1, cache_dir=str(root) + "_cache",
-                     **kw)
+    cfg = DataConfig(
+        root=str(root), loader="dali", batch_size=batch, num_workers=1, cache_dir=str(root) + "_cache", **kw
+    )
     return build_loader(cfg, DistEnv(rank=rank, world_size=world), seed=5)
 
 
@@ -94,11 +96,21 @@ def test_fr_train_runs_on_the_dali_loader(tmp_path, capsys, tiny_run):
 
     recipe = tiny_run.recipe
     overrides = {
-        "data.root": str(tmp_path / "data"), "data.loader": "dali", "data.synth.identities": 8,
-        "data.synth.per_identity": 8, "data.synth.holdout_identities": 12, "data.synth.pairs": 40,
-        "data.synth.workers": 1, "data.batch_size": 16, "data.num_workers": 1,
-        "model.kwargs": '{"width": 16, "stem_stride": 2}', "model.embedding_size": 32, "train.max_steps": 5,
-        "train.log_every": 1, "eval.every": 100, "output.dir": str(tmp_path / "run"),
+        "data.root": str(tmp_path / "data"),
+        "data.loader": "dali",
+        "data.synth.identities": 8,
+        "data.synth.per_identity": 8,
+        "data.synth.holdout_identities": 12,
+        "data.synth.pairs": 40,
+        "data.synth.workers": 1,
+        "data.batch_size": 16,
+        "data.num_workers": 1,
+        "model.kwargs": '{"width": 16, "stem_stride": 2}',
+        "model.embedding_size": 32,
+        "train.max_steps": 5,
+        "train.log_every": 1,
+        "eval.every": 100,
+        "output.dir": str(tmp_path / "run"),
     }
     assert train_main([recipe] + [f"{k}={v}" for k, v in overrides.items()]) == 0
     results = json.load(open(tmp_path / "run" / "results.json"))
@@ -215,8 +227,8 @@ class _HostOutput:
 
 @pytest.mark.parametrize("converter", ["opencv", "numpy"])
 def test_the_host_conversion_is_normalize_bit_for_bit_and_flips_by_the_coins(converter):
-    from fr.data.dali import _cpu_batch
     from evaluation.preprocess import normalize
+    from fr.data.dali import _cpu_batch
 
     # a guard only: the `test` extra installs OpenCV
     opencv = pytest.importorskip("cv2") if converter == "opencv" else None
@@ -246,11 +258,11 @@ def test_a_failure_while_training_keeps_the_augmentation_draws_of_a_run_without_
         Image.fromarray(pixels).save(buf, format="PNG" if k == 20 else "JPEG")
         payloads.append(buf.getvalue())
     broken = bytearray(payloads[20])
-    broken[len(broken) // 2:len(broken) // 2 + 64] = bytes(64)
+    broken[len(broken) // 2 : len(broken) // 2 + 64] = bytes(64)
     payloads[20] = bytes(broken)
     with InsightfaceRecordWriter(str(tmp_path)) as writer:
         for c in range(4):
-            writer.add_identity(payloads[8 * c:8 * (c + 1)])
+            writer.add_identity(payloads[8 * c : 8 * (c + 1)])
     augment = ["resize", "blur"]
     failing = loader_for(tmp_path, 0, world=1, batch=8, augment=augment)
     got = [images for images, _ in failing]

@@ -1,4 +1,5 @@
 """DALI loader (CPU pipeline) over files holding images DALI cannot decode: skipped, counted, never a crash."""
+
 import logging
 import os
 
@@ -42,7 +43,7 @@ def bogus_huffman_table(jpeg):
 def broken_png(seed):
     data = bytearray(noisy("PNG", seed))
     middle = len(data) // 2
-    data[middle:middle + 64] = bytes(64)  # inside the compressed data; the IEND chunk is intact
+    data[middle : middle + 64] = bytes(64)  # inside the compressed data; the IEND chunk is intact
     return bytes(data)
 
 
@@ -52,8 +53,7 @@ def dali_decodes(payload):
 
     @pipeline_def(batch_size=1, num_threads=1, device_id=None)
     def pipeline():
-        encoded = fn.external_source(source=lambda: [np.frombuffer(payload, np.uint8)], batch=True,
-                                     dtype=types.UINT8)
+        encoded = fn.external_source(source=lambda: [np.frombuffer(payload, np.uint8)], batch=True, dtype=types.UINT8)
         return fn.decoders.image(encoded, device="cpu", output_type=types.RGB)
 
     pipe = pipeline()
@@ -66,8 +66,17 @@ def dali_decodes(payload):
 
 
 def loaders(root, batch, world=2):
-    return [DaliLoader(str(root), batch, DistEnv(rank=rank, world_size=world), seed=3, num_threads=1,
-                       cache_dir=str(root) + "_cache") for rank in range(world)]
+    return [
+        DaliLoader(
+            str(root),
+            batch,
+            DistEnv(rank=rank, world_size=world),
+            seed=3,
+            num_threads=1,
+            cache_dir=str(root) + "_cache",
+        )
+        for rank in range(world)
+    ]
 
 
 def epoch(loader, number):
@@ -79,14 +88,16 @@ def epoch(loader, number):
 
 def test_payloads_dali_rejects_are_left_out_before_training(record_dir, caplog):
     jpeg = flat_jpeg(200)
-    bad = {3: noisy("JPEG")[:scan_start(jpeg) + 600],  # cut inside the scan data
-           9: jpeg[:-2],  # only the end-of-image marker missing
-           17: b"",
-           22: np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8).tobytes(),
-           35: b"\xff\xd8 not really a jpeg",
-           41: jpeg[:scan_start(jpeg) + 20] + bytes(len(jpeg) - scan_start(jpeg) - 20),  # zero-filled tail
-           50: noisy("GIF"),
-           63: noisy("PNG")[:2000]}
+    bad = {
+        3: noisy("JPEG")[: scan_start(jpeg) + 600],  # cut inside the scan data
+        9: jpeg[:-2],  # only the end-of-image marker missing
+        17: b"",
+        22: np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8).tobytes(),
+        35: b"\xff\xd8 not really a jpeg",
+        41: jpeg[: scan_start(jpeg) + 20] + bytes(len(jpeg) - scan_start(jpeg) - 20),  # zero-filled tail
+        50: noisy("GIF"),
+        63: noisy("PNG")[:2000],
+    }
     assert not any(dali_decodes(payload) for payload in bad.values())  # each one would stop DALI
     root = record_dir(IDENTITIES, PER_IDENTITY, bad=bad)
     before = {name: (root / name).read_bytes() for name in os.listdir(root)}
@@ -110,14 +121,20 @@ def torch_epochs(root, batch, world, epochs):
     from fr.data.loader import build_loader
 
     cfg = DataConfig(root=str(root), batch_size=batch, num_workers=0, cache_dir=str(root) + "_cache")
-    return [[epoch(build_loader(cfg, DistEnv(rank=rank, world_size=world), seed=3), number)
-             for number in range(epochs)] for rank in range(world)]
+    return [
+        [epoch(build_loader(cfg, DistEnv(rank=rank, world_size=world), seed=3), number) for number in range(epochs)]
+        for rank in range(world)
+    ]
 
 
 def test_images_dali_fails_on_while_training_are_found_and_skipped(record_dir, caplog, monkeypatch):
     # 64 images, global batches of 2 x 5: 6 per epoch; the order decides which rank meets which bad image.
-    bad = {10: bogus_huffman_table(flat_jpeg(30)), 20: broken_png(2), 40: broken_png(3),
-           55: bogus_huffman_table(flat_jpeg(165))}
+    bad = {
+        10: bogus_huffman_table(flat_jpeg(30)),
+        20: broken_png(2),
+        40: broken_png(3),
+        55: bogus_huffman_table(flat_jpeg(165)),
+    }
     for payload in bad.values():
         image_size(payload)  # passes the structural check before training ...
         assert not dali_decodes(payload)  # ... but stops DALI's decoder
@@ -177,8 +194,12 @@ def test_dali_search_finds_exactly_the_records_it_cannot_decode(record_dir):
     from fr.data.dali import CHECK_BATCH, undecodable_records
     from fr.data.image_index import build_index, read_index_entries
 
-    bad = {0: broken_png(4), CHECK_BATCH - 1: bogus_huffman_table(flat_jpeg(9)), CHECK_BATCH: broken_png(5),
-           CHECK_BATCH + 7: bogus_huffman_table(flat_jpeg(10))}
+    bad = {
+        0: broken_png(4),
+        CHECK_BATCH - 1: bogus_huffman_table(flat_jpeg(9)),
+        CHECK_BATCH: broken_png(5),
+        CHECK_BATCH + 7: bogus_huffman_table(flat_jpeg(10)),
+    }
     root = record_dir(9, PER_IDENTITY, bad=bad)  # 72 images: two batches for the search, bad ones at their edges
     keys, offsets = read_index_entries(build_index(str(root), cache_dir=str(root) + "_cache").path)
     entries = list(zip(keys.tolist(), offsets.tolist()))

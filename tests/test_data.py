@@ -1,4 +1,5 @@
 """Torch data path: record dataset labels/pixels, flip, normalisation, rank sharding, clear errors."""
+
 import random
 
 import numpy as np
@@ -9,7 +10,7 @@ from fr.config import DataConfig
 from fr.data.base import DataError
 from fr.data.datasets import RecordDataset
 from fr.data.loader import build_loader
-from fr.data.recordio import IRHeader, IndexedRecordIO, pack
+from fr.data.recordio import IndexedRecordIO, IRHeader, pack
 from fr.distributed import DistEnv
 from tests.helpers.images import png
 
@@ -20,7 +21,7 @@ def noise_records(record_dir, tmp_path):
     rng = np.random.default_rng(0)
     flat_images = [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in range(20)]
     root = record_dir(4, 5, image=lambda k: png(flat_images[k]), root=tmp_path)
-    return root, {identity: flat_images[identity * 5:(identity + 1) * 5] for identity in range(4)}
+    return root, {identity: flat_images[identity * 5 : (identity + 1) * 5] for identity in range(4)}
 
 
 def test_dataset_yields_exact_pixels_and_labels(noise_records):
@@ -60,8 +61,11 @@ def test_loader_normalises_and_shards_across_ranks(noise_records):
         for batch, labels in loader:
             assert batch.dtype == torch.float32 and batch.shape == (4, 3, 112, 112)
             for x, y in zip(batch, labels):
-                match = [i for i, img in enumerate(images[int(y)])
-                         if np.allclose(x.numpy(), (img.transpose(2, 0, 1) / 255.0 - 0.5) / 0.5, atol=1e-6)]
+                match = [
+                    i
+                    for i, img in enumerate(images[int(y)])
+                    if np.allclose(x.numpy(), (img.transpose(2, 0, 1) / 255.0 - 0.5) / 0.5, atol=1e-6)
+                ]
                 assert len(match) == 1
                 seen.append((int(y), match[0]))
     assert len(seen) == len(set(seen)) == 16  # no image twice across ranks

@@ -1,4 +1,5 @@
 """Optional augmentations of the torch path: each keeps the shape and does what its name says."""
+
 import numpy as np
 import pytest
 

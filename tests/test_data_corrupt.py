@@ -1,5 +1,6 @@
 """Corrupt data: records with a corrupt header or an undecodable image are skipped and counted; bad
 labels/headers fail early; the structural image check that keeps what DALI cannot decode out of its index."""
+
 import os
 import struct
 import zlib
@@ -10,7 +11,7 @@ from fr.config import DataConfig
 from fr.data.base import DataError
 from fr.data.datasets import RecordDataset
 from fr.data.loader import DeviceLoader, build_loader
-from fr.data.recordio import IRHeader, IndexedRecordIO, pack, read_index
+from fr.data.recordio import IndexedRecordIO, IRHeader, pack, read_index
 from fr.data.verify import check_record_images, image_size
 from fr.distributed import DistEnv
 from tests.helpers.images import encode, flat, noise, png
@@ -56,6 +57,7 @@ def test_training_loader_skips_corrupt_and_undecodable_records_and_counts_them(c
     assert len(loader.dataset) == 14 and loader.skipped == 2
     assert check_batches(loader) == 28
     assert loader.stats == {"skipped_records": 2}
+
     def no_rescan(*args):
         raise AssertionError("the record file was scanned again")
 
@@ -91,8 +93,19 @@ def test_every_record_unreadable_is_an_error_not_a_hang(record_dir):
         dataset.load(0)
 
 
-@pytest.mark.parametrize("fmt,mode", [("JPEG", "RGB"), ("JPEG", "L"), ("JPEG", "CMYK"), ("PNG", "RGB"),
-                                      ("BMP", "RGB"), ("TIFF", "RGB"), ("WEBP", "RGB"), ("PPM", "RGB")])
+@pytest.mark.parametrize(
+    "fmt,mode",
+    [
+        ("JPEG", "RGB"),
+        ("JPEG", "L"),
+        ("JPEG", "CMYK"),
+        ("PNG", "RGB"),
+        ("BMP", "RGB"),
+        ("TIFF", "RGB"),
+        ("WEBP", "RGB"),
+        ("PPM", "RGB"),
+    ],
+)
 def test_image_check_reads_sizes_of_formats_dali_decodes(fmt, mode):
     assert image_size(encode(PHOTO, fmt, mode=mode)) == (112, 96)
 
@@ -113,11 +126,11 @@ def test_image_check_rejects_what_stops_dalis_decoder():
         (b"", "empty"),
         (bytes(300), "not an image format"),
         (encode(PHOTO, "GIF"), "not an image format"),
-        (jpeg[:scan + (len(jpeg) - scan) // 2], "no end-of-image marker"),  # cut in the scan data
+        (jpeg[: scan + (len(jpeg) - scan) // 2], "no end-of-image marker"),  # cut in the scan data
         (jpeg[:-2], "no end-of-image marker"),
-        (jpeg[:scan + 40] + bytes(len(jpeg) - scan - 40), "no end-of-image marker"),  # zero-filled tail
-        (jpeg[:scan - 100], "jpeg: "),  # cut in the header
-        (jpeg[:frame] + b"\xea\x60\xea\x60" + jpeg[frame + 4:], "header gives a 60000x60000 image"),
+        (jpeg[: scan + 40] + bytes(len(jpeg) - scan - 40), "no end-of-image marker"),  # zero-filled tail
+        (jpeg[: scan - 100], "jpeg: "),  # cut in the header
+        (jpeg[:frame] + b"\xea\x60\xea\x60" + jpeg[frame + 4 :], "header gives a 60000x60000 image"),
         (encode(PHOTO, "PNG")[:3000], "no IEND chunk"),
         (png_claiming(60000, 60000), "png: "),
     ]

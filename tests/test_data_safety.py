@@ -1,4 +1,5 @@
 """Data-set writers touch only what fr wrote: foreign files survive byte for byte, inputs are never outputs."""
+
 import json
 import os
 import subprocess
@@ -13,8 +14,8 @@ from fr.config import SynthConfig
 from fr.data.base import DataError
 from fr.data.ownership import OUTPUT_MANIFEST, staging_prefix
 from fr.data.pack import pack_images
-from fr.synth.dataset import ensure_synthetic, generate
 from fr.data.writer import InsightfaceRecordWriter
+from fr.synth.dataset import ensure_synthetic, generate
 
 TINY = ["--identities", "2", "--per-identity", "2", "--holdout-identities", "2", "--pairs", "20", "--workers", "1"]
 TINY_CFG = dict(identities=2, per_identity=2, holdout_identities=2, pairs=20, workers=1)

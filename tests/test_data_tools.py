@@ -1,4 +1,5 @@
 """fr-data info / verify / pack / shuffle, checked against the images and labels that went in."""
+
 import json
 
 import numpy as np
@@ -8,7 +9,7 @@ from PIL import Image
 from fr.cli.data import main as data_main
 from fr.data.datasets import RecordDataset
 from fr.data.pack import random_image
-from fr.data.recordio import IRHeader, IndexedRecordIO, pack, read_index, unpack, unpack_img
+from fr.data.recordio import IndexedRecordIO, IRHeader, pack, read_index, unpack, unpack_img
 from fr.data.writer import InsightfaceRecordWriter
 from tests.helpers.images import flat, jpeg
 
@@ -46,16 +47,16 @@ def test_verify_reports_every_kind_of_damage(tmp_path, capsys):
     rec.write_idx(0, pack(IRHeader(2, [6.0, 8.0], 0, 0), b""))
     black = jpeg(flat(0))
     rec.write_idx(1, pack(IRHeader(0, 0.0, 1, 0), black))
-    rec.write_idx(2, pack(IRHeader(0, 7.0, 2, 0), black))            # label outside [0, 2)
+    rec.write_idx(2, pack(IRHeader(0, 7.0, 2, 0), black))  # label outside [0, 2)
     rec.write_idx(3, pack(IRHeader(0, 1.0, 3, 0), b"\xff\xd8junk"))  # undecodable
-    rec.write_idx(4, pack(IRHeader(0, 1.0, 4, 0), black))            # magic overwritten below
+    rec.write_idx(4, pack(IRHeader(0, 1.0, 4, 0), black))  # magic overwritten below
     rec.write_idx(5, pack(IRHeader(0, 1.0, 5, 0), black))
     rec.write_idx(6, pack(IRHeader(2, [1.0, 3.0], 0, 0), b""))
-    rec.write_idx(7, pack(IRHeader(2, [4.0, 6.0], 0, 0), b""))       # should start at 3
+    rec.write_idx(7, pack(IRHeader(2, [4.0, 6.0], 0, 0), b""))  # should start at 3
     rec.close()
     offsets = read_index(str(root / "train.idx"))
     data = bytearray((root / "train.rec").read_bytes())
-    data[offsets[4]:offsets[4] + 4] = b"\0\0\0\0"
+    data[offsets[4] : offsets[4] + 4] = b"\0\0\0\0"
     (root / "train.rec").write_bytes(bytes(data))
     status, report = run_json(["verify", str(root), "--json"], capsys)
     assert status == 1 and not report["ok"]
@@ -76,7 +77,7 @@ def test_verify_reports_every_kind_of_damage(tmp_path, capsys):
 def test_verify_reports_a_truncated_file(good_dir, capsys):
     rec = good_dir / "train.rec"
     offsets = sorted(read_index(str(good_dir / "train.idx")).items(), key=lambda kv: kv[1])
-    rec.write_bytes(rec.read_bytes()[:offsets[5][1] + 30])  # cut inside image record 5
+    rec.write_bytes(rec.read_bytes()[: offsets[5][1] + 30])  # cut inside image record 5
     status, report = run_json(["verify", str(good_dir), "--json"], capsys)
     assert status == 1
     assert any("record 5" in m and ("announces" in m or "shorter" in m) for m in report["messages"]["skipped_records"])
@@ -98,8 +99,23 @@ def make_folder(root):
 def test_pack_image_folder_writes_insightface_layout(tmp_path, capsys):
     truth = make_folder(tmp_path / "faces")
     out = tmp_path / "rec"
-    status, result = run_json(["pack", "--folder", str(tmp_path / "faces"), "--out", str(out), "--size", "0",
-                               "--quality", "100", "--workers", "2", "--quiet"], capsys)
+    status, result = run_json(
+        [
+            "pack",
+            "--folder",
+            str(tmp_path / "faces"),
+            "--out",
+            str(out),
+            "--size",
+            "0",
+            "--quality",
+            "100",
+            "--workers",
+            "2",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert status == 0 and result["images"] == 6 and result["identities"] == 3
     rec = IndexedRecordIO(str(out / "train.idx"), str(out / "train.rec"), "r")
     assert unpack(rec.read_idx(0))[0].label.tolist() == [7.0, 10.0]
@@ -107,7 +123,9 @@ def test_pack_image_folder_writes_insightface_layout(tmp_path, capsys):
     for key, (name, j) in enumerate(expected, 1):
         header, image = unpack_img(rec.read_idx(key))
         assert header.label == {"alice": 0, "bob": 1, "carol": 2}[name]
-        assert np.abs(image.astype(int) - truth[f"{name}/{j}.png"]).mean() < 3  # JPEG q100: small errors only, mismatched images differ by ~50
+        assert (
+            np.abs(image.astype(int) - truth[f"{name}/{j}.png"]).mean() < 3
+        )  # JPEG q100: small errors only, mismatched images differ by ~50
     assert [unpack(rec.read_idx(k))[0].label.tolist() for k in (7, 8, 9)] == [[1, 4], [4, 6], [6, 7]]
 
 
@@ -144,8 +162,9 @@ def test_torch_loader_reads_an_image_folder(tmp_path):
     truth = make_folder(tmp_path / "faces")
     Image.new("RGB", (10, 10)).save(tmp_path / "faces" / "bob" / "9.png")
     (tmp_path / "faces" / "bob" / "9.png").write_bytes(b"broken")  # unreadable: skipped and counted
-    loader = build_loader(DataConfig(root=str(tmp_path / "faces"), batch_size=7, num_workers=0, image_size=64),
-                          DistEnv(), seed=0)
+    loader = build_loader(
+        DataConfig(root=str(tmp_path / "faces"), batch_size=7, num_workers=0, image_size=64), DistEnv(), seed=0
+    )
     assert loader.dataset.num_classes == 3 and len(loader.dataset) == 7
     loader.dataset.flip = False
     images, labels = next(iter(loader))

@@ -1,4 +1,5 @@
 """The embedding all-gather and its two backwards (all-reduce, reduce-scatter) against a dense reference."""
+
 import os
 import tempfile
 from datetime import timedelta
@@ -45,8 +46,10 @@ def _gather_grad(rank, world_size, backward_fn, device="cpu"):
 
 
 def _both_backwards(rank, world_size):
-    out = {"all_reduce": _gather_grad(rank, world_size, gather_backward_all_reduce),
-           "default": _gather_grad(rank, world_size, None)}
+    out = {
+        "all_reduce": _gather_grad(rank, world_size, gather_backward_all_reduce),
+        "default": _gather_grad(rank, world_size, None),
+    }
     try:
         out["reduce_scatter"] = _gather_grad(rank, world_size, gather_backward_reduce_scatter)
     except RuntimeError as exc:  # gloo in older torch builds has no reduce_scatter at all
@@ -59,8 +62,10 @@ def _dense_reference(world_size):
     """Single process: d/dx_r of sum over ranks q of loss_q(cat(x_0..x_{W-1})), by autograd on the concatenation."""
     xs = [_local_embeddings(r).requires_grad_(True) for r in range(world_size)]
     full = torch.cat(xs, dim=0)
-    total = sum(((_loss_weights(q, world_size) * full) ** 2 / 2 + _loss_weights(q, world_size) * full).sum()
-                for q in range(world_size))
+    total = sum(
+        ((_loss_weights(q, world_size) * full) ** 2 / 2 + _loss_weights(q, world_size) * full).sum()
+        for q in range(world_size)
+    )
     total.backward()
     return full.detach(), [x.grad for x in xs]
 
@@ -93,18 +98,23 @@ def test_reduce_scatter_and_all_reduce_backwards_match_dense_gradient(run_distri
 def _nccl_worker(rank, world_size, port, out_dir):
     device = torch.device("cuda", rank)
     torch.cuda.set_device(device)
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=120))
-    result = {"default_is_reduce_scatter": gather_backward_for(dist.get_backend()) is gather_backward_reduce_scatter,
-              "all_reduce": _gather_grad(rank, world_size, gather_backward_all_reduce, device),
-              "reduce_scatter": _gather_grad(rank, world_size, gather_backward_reduce_scatter, device)}
+    dist.init_process_group(
+        "nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size, timeout=timedelta(seconds=120)
+    )
+    result = {
+        "default_is_reduce_scatter": gather_backward_for(dist.get_backend()) is gather_backward_reduce_scatter,
+        "all_reduce": _gather_grad(rank, world_size, gather_backward_all_reduce, device),
+        "reduce_scatter": _gather_grad(rank, world_size, gather_backward_reduce_scatter, device),
+    }
     cleanup()
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
-                    reason="the NCCL reduce-scatter path needs 2 CUDA GPUs")
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+    reason="the NCCL reduce-scatter path needs 2 CUDA GPUs",
+)
 def test_nccl_reduce_scatter_backward_matches_all_reduce(free_port):
     world_size = 2
     with tempfile.TemporaryDirectory(prefix="fr_nccl_") as out_dir:

@@ -1,4 +1,5 @@
 """fr-eval verify on checkpoints: the result equals an independent evaluation, and bad inputs are one-line errors."""
+
 import json
 import os
 
@@ -24,8 +25,7 @@ def run_dir(tmp_path, tiny_checkpoint):
 def test_verify_matches_independent_flip_sum_evaluation(run_dir, capsys):
     path, model, images, issame = run_dir
     out = path / "result.json"
-    assert eval_main(["verify", "--checkpoint", str(path), "--bin", str(path / "pairs.bin"),
-                      "--json", str(out)]) == 0
+    assert eval_main(["verify", "--checkpoint", str(path), "--bin", str(path / "pairs.bin"), "--json", str(out)]) == 0
     got = json.load(open(out))["results"]["pairs"]
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0 * 2.0 - 1.0
     with torch.no_grad():
@@ -66,8 +66,12 @@ def test_verify_data_dir_targets(run_dir, capsys):
     path, *_ = run_dir
     os.replace(path / "pairs.bin", path / "lfw.bin")
     out = path / "t.json"
-    assert eval_main(["verify", "--checkpoint", str(path), "--data-dir", str(path), "--targets", "lfw",
-                      "--json", str(out)]) == 0
+    assert (
+        eval_main(
+            ["verify", "--checkpoint", str(path), "--data-dir", str(path), "--targets", "lfw", "--json", str(out)]
+        )
+        == 0
+    )
     assert list(json.load(open(out))["results"]) == ["lfw"]
     assert eval_main(["verify", "--checkpoint", str(path), "--data-dir", str(path)]) == 2  # cfp_fp.bin absent
     assert "cfp_fp.bin" in capsys.readouterr().err

@@ -4,6 +4,7 @@
 would create stays absent); ill-typed or too small .bin sets, NaN features, empty or undecodable IJB files are
 one-line errors naming the file; `--drop-nonfinite` equals evaluating files that never held the bad images.
 """
+
 import builtins
 import codecs
 import json
@@ -18,8 +19,8 @@ import torch
 
 from evaluation.bin_format import BinFormatError, encode_png, load_bin, read_bin, write_bin
 from evaluation.embed import verify_bin
-from evaluation.ijb import IJBFormatError, iter_aligned, load_meta, read_pairs, verify_templates
 from evaluation.identification import search
+from evaluation.ijb import IJBFormatError, iter_aligned, load_meta, read_pairs, verify_templates
 from evaluation.metrics import NonFiniteError, roc_curve
 from evaluation.verification import evaluate
 from fr.cli.eval import main as eval_main
@@ -42,9 +43,11 @@ class Payload:
 
 def payloads(marker):
     """The three classic payloads, each creating `marker` if it ever runs."""
-    return [Payload(os.system, f"touch {marker}"),
-            Payload(builtins.eval, f"open({str(marker)!r}, 'w').close()"),
-            Payload(subprocess.Popen, ["touch", str(marker)])]
+    return [
+        Payload(os.system, f"touch {marker}"),
+        Payload(builtins.eval, f"open({str(marker)!r}, 'w').close()"),
+        Payload(subprocess.Popen, ["touch", str(marker)]),
+    ]
 
 
 def assert_one_line(message, *parts):
@@ -94,8 +97,13 @@ def test_bin_files_of_every_protocol_load_and_payloads_are_refused(tmp_path, pro
         evil.write_bytes(pickle.dumps(([encode_png(im) for im in images], [payload, False]), protocol=protocol))
         with pytest.raises(BinFormatError) as info:
             load_bin(evil, image_size=4)
-        assert_one_line(str(info.value), evil, "refused to load global '", f".{payload.func.__name__}'",
-                        "a .bin holds only images and bools")
+        assert_one_line(
+            str(info.value),
+            evil,
+            "refused to load global '",
+            f".{payload.func.__name__}'",
+            "a .bin holds only images and bools",
+        )
         assert not marker.exists()
 
 
@@ -118,19 +126,20 @@ def py2_numpy_bin(a, b, kind, protocol):
         head = b"((lp1\n" + _py2_string(a, 0) + b"p2\na" + _py2_string(b, 0) + b"p3\nag2\nag3\na"
         tails = {
             "array": b"cnumpy.core.multiarray\n_reconstruct\np4\n(cnumpy\nndarray\np5\n(I0\ntp6\nS'b'\ntRp7\n"
-                     b"(I1\n(I2\ntcnumpy\ndtype\np8\n(S'b1'\np9\nI0\nI1\ntRp10\n(I3\nS'|'\nNNNI-1\nI-1\nI0\n"
-                     b"tp11\nbI00\nS'\\x01\\x00'\ntbt.",
+            b"(I1\n(I2\ntcnumpy\ndtype\np8\n(S'b1'\np9\nI0\nI1\ntRp10\n(I3\nS'|'\nNNNI-1\nI-1\nI0\n"
+            b"tp11\nbI00\nS'\\x01\\x00'\ntbt.",
         }
         return head + tails[kind]
     head = b"\x80\x02]q\x01(" + _py2_string(a, 2) + b"q\x02" + _py2_string(b, 2) + b"q\x03h\x02h\x03e"
-    dtype = (b"cnumpy\ndtype\nq\x08U\x02b1q\tK\x00K\x01\x87Rq\n"
-             b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tq\x0bb")
+    dtype = (
+        b"cnumpy\ndtype\nq\x08U\x02b1q\tK\x00K\x01\x87Rq\n(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tq\x0bb"
+    )
     tails = {
         "array": b"cnumpy.core.multiarray\n_reconstruct\nq\x04cnumpy\nndarray\nq\x05K\x00\x85q\x06U\x01b\x87Rq\x07"
-                 b"(K\x01K\x02\x85" + dtype + b"\x89U\x02\x01\x00tb\x86.",
+        b"(K\x01K\x02\x85" + dtype + b"\x89U\x02\x01\x00tb\x86.",
         "scalars": b"]q\x04(cnumpy.core.multiarray\nscalar\nq\x05cnumpy\ndtype\nq\x06U\x02b1q\x07K\x00K\x01\x87Rq\x08"
-                   b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tq\tbU\x01\x01\x86Rq\nh\x05h\x06h\x07K\x00K"
-                   b"\x01\x87Rq\x0bh\tbU\x01\x00\x86Rq\x0ce\x86.",
+        b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tq\tbU\x01\x01\x86Rq\nh\x05h\x06h\x07K\x00K"
+        b"\x01\x87Rq\x0bh\tbU\x01\x00\x86Rq\x0ce\x86.",
     }
     return head + tails[kind]
 
@@ -157,8 +166,10 @@ def test_python2_numpy_bin_files_load_and_their_globals_are_checked(tmp_path, ki
 def test_admitted_helpers_refuse_other_uses(tmp_path):
     # _codecs.encode and bytes are admitted as protocol-2 pickles of bytes call them, and only so: another
     # codec, or bytes(n) (n zero bytes, a memory bomb for a large n), is refused.
-    for entry, expected in ((Payload(codecs.encode, "x", "rot13"), "_codecs.encode called with (str, 'rot13')"),
-                            (Payload(bytes, 1000), "bytes called with arguments")):
+    for entry, expected in (
+        (Payload(codecs.encode, "x", "rot13"), "_codecs.encode called with (str, 'rot13')"),
+        (Payload(bytes, 1000), "bytes called with arguments"),
+    ):
         raw = pickle.dumps(([entry, entry], [True]), protocol=2)
         assert b"c_codecs\nencode\n" in raw or b"c__builtin__\nbytes\n" in raw  # the globals named above
         path = tmp_path / "odd.bin"
@@ -181,15 +192,18 @@ def test_bin_payload_is_refused_through_fr_eval(tmp_path, run_dir, capsys):
 # ---------------------------------------------------------------- .bin files: checked, never misread
 
 
-@pytest.mark.parametrize("issame, index, shown", [
-    ([True, "False"], 1, "'False' (str)"),
-    (["True", "False"], 0, "'True' (str)"),
-    ([1.0, 0.0], 0, "1.0 (float)"),
-    ([True, None], 1, "None (NoneType)"),
-    ([0, 2], 1, "2 (int)"),
-    (np.array(["False", "True"]), 0, "'False' (str)"),
-    (np.array([0.0, 1.0]), 0, "0.0 (float)"),
-])
+@pytest.mark.parametrize(
+    "issame, index, shown",
+    [
+        ([True, "False"], 1, "'False' (str)"),
+        (["True", "False"], 0, "'True' (str)"),
+        ([1.0, 0.0], 0, "1.0 (float)"),
+        ([True, None], 1, "None (NoneType)"),
+        ([0, 2], 1, "2 (int)"),
+        (np.array(["False", "True"]), 0, "'False' (str)"),
+        (np.array([0.0, 1.0]), 0, "0.0 (float)"),
+    ],
+)
 def test_issame_entries_must_be_bools(tmp_path, issame, index, shown):
     path = tmp_path / "flags.bin"
     path.write_bytes(pickle.dumps(([encode_png(im) for im in pixels(4)], issame)))
@@ -253,8 +267,17 @@ def test_checkpoint_loaders_refuse_payloads_in_one_line(tmp_path):
     step_dir.mkdir()
     rank_path = step_dir / rank_file(0)
     torch.save({"format": FORMAT, "rng": Payload(builtins.eval, f"open({str(marker)!r}, 'w').close()")}, rank_path)
-    (step_dir / MANIFEST).write_text(json.dumps({"format": FORMAT, "step": 1, "world_size": 1, "settings": {},
-                                                 "files": {rank_file(0): os.path.getsize(rank_path)}}))
+    (step_dir / MANIFEST).write_text(
+        json.dumps(
+            {
+                "format": FORMAT,
+                "step": 1,
+                "world_size": 1,
+                "settings": {},
+                "files": {rank_file(0): os.path.getsize(rank_path)},
+            }
+        )
+    )
     with pytest.raises(CheckpointError) as info:
         load_rank_state(str(step_dir), DistEnv(), {})
     assert_one_line(str(info.value), rank_path, "refused to load global '")
@@ -339,7 +362,7 @@ def ijb(tmp_path):
     (meta / "ijbc_face_tid_mid.txt").write_text("\n".join(tid) + "\n")
     (meta / "ijbc_name_5pts_score.txt").write_text("\n".join(lmk) + "\n")
     templates = sorted(subject_of)
-    pairs = [(a, b, int(subject_of[a] == subject_of[b])) for i, a in enumerate(templates) for b in templates[i + 1:]]
+    pairs = [(a, b, int(subject_of[a] == subject_of[b])) for i, a in enumerate(templates) for b in templates[i + 1 :]]
     (meta / "ijbc_template_pair_label.txt").write_text("".join(f"{a} {b} {same}\n" for a, b, same in pairs))
     for name, subjects in (("G1", (0, 1, 2)), ("G2", (1, 2, 3))):
         rows = [f"{t},{subject_of[t]}" for t in templates if t % 10 == 0 and subject_of[t] in subjects]
@@ -380,8 +403,23 @@ def test_drop_nonfinite_equals_evaluating_files_without_those_images(ijb, tmp_pa
     feats[7, 0, 1] = np.nan
     path, out = tmp_path / "f.npy", tmp_path / "drop.json"
     np.save(path, feats)
-    assert eval_main(["ijb", "--features", str(path), "--root", str(root), "--protocol", protocol,
-                      "--drop-nonfinite", "--json", str(out)]) == 0
+    assert (
+        eval_main(
+            [
+                "ijb",
+                "--features",
+                str(path),
+                "--root",
+                str(root),
+                "--protocol",
+                protocol,
+                "--drop-nonfinite",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     got = json.loads(out.read_text())
 
     # Reference: the same layout whose files never held those images, template 101 or its pairs.
@@ -392,8 +430,12 @@ def test_drop_nonfinite_equals_evaluating_files_without_those_images(ijb, tmp_pa
     _without(meta / "ijbc_1N_probe_mixed.csv", lambda line: line.startswith("101,"))
     ref_path, ref_out = tmp_path / "ref.npy", tmp_path / "ref.json"
     np.save(ref_path, np.delete(feats, bad, axis=0))
-    assert eval_main(["ijb", "--features", str(ref_path), "--root", str(root), "--protocol", protocol,
-                      "--json", str(ref_out)]) == 0
+    assert (
+        eval_main(
+            ["ijb", "--features", str(ref_path), "--root", str(root), "--protocol", protocol, "--json", str(ref_out)]
+        )
+        == 0
+    )
     ref = json.loads(ref_out.read_text())
     if protocol == "11":
         assert got["dropped"] == {"images": 4, "templates": 1, "pairs": 7}
@@ -445,8 +487,9 @@ def test_npy_feature_files_are_never_unpickled_and_errors_name_them(ijb, tmp_pat
     cases = {}
     cases["text.npy"] = lambda p: p.write_text("not an array")
     cases["cut.npy"] = lambda p: (np.save(p, feats), p.write_bytes(p.read_bytes()[:200]))
-    cases["object.npy"] = lambda p: np.save(p, np.array([Payload(os.system, f"touch {marker}")] * len(feats)),
-                                            allow_pickle=True)
+    cases["object.npy"] = lambda p: np.save(
+        p, np.array([Payload(os.system, f"touch {marker}")] * len(feats)), allow_pickle=True
+    )
     cases["pickle.npy"] = lambda p: p.write_bytes(pickle.dumps(Payload(os.system, f"touch {marker}")))
     cases["strings.npy"] = lambda p: np.save(p, np.array(["a"] * len(feats)))
     cases["archive.npy"] = lambda p: (np.savez(tmp_path / "a.npz", feats), os.replace(tmp_path / "a.npz", p))

@@ -2,6 +2,7 @@
 batch, 1 and 2 ranks), too many in a row stop the run with the last good checkpoint kept, a loss-scaler overflow
 backs off and counts, a bad batch is still an error on every rank, and a worker killed with SIGKILL at a random
 step resumes (train.resume=auto, also under torchrun --max-restarts) to the very weights of an unbroken run."""
+
 import json
 import math
 import os
@@ -72,27 +73,35 @@ def build_trainer(env, batches, loss="arcface", update="dense", nan_grad_calls=(
     counter), SGD with momentum and weight decay, warmup then poly decay, clipping: everything a skip must undo
     or leave alone."""
     torch.manual_seed(0)
-    backbone = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                             nn.Dropout(0.2), nn.Linear(64, D))
-    head = PoisonedHead(build_loss(loss), D, CLASSES, sample_rate=0.5, env=env, seed=3, update=update,
-                        nan_grad_calls=nan_grad_calls)
+    backbone = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Dropout(0.2), nn.Linear(64, D)
+    )
+    head = PoisonedHead(
+        build_loss(loss), D, CLASSES, sample_rate=0.5, env=env, seed=3, update=update, nan_grad_calls=nan_grad_calls
+    )
     cfg = OptimConfig(lr=0.2, momentum=0.9, weight_decay=5e-4)
     schedule = lambda optimizer: build_scheduler(optimizer, cfg, total_steps=STEPS, warmup_steps=3)
     strategy = DDPStrategy(backbone, env, lambda groups: build_optimizer(groups, cfg), schedule)
     groups = [{"params": head.parameters()}]
-    head_optimizer = (build_sparse_optimizer(groups, [head], cfg) if update == "sparse"
-                      else build_optimizer(groups, cfg))
-    options = TrainOptions(total_steps=len(batches), log_every=100, clip_grad_norm=5.0,
-                           max_nonfinite_steps=max_nonfinite_steps)
+    head_optimizer = build_sparse_optimizer(groups, [head], cfg) if update == "sparse" else build_optimizer(groups, cfg)
+    options = TrainOptions(
+        total_steps=len(batches), log_every=100, clip_grad_norm=5.0, max_nonfinite_steps=max_nonfinite_steps
+    )
     return Trainer(strategy, Head(head, head_optimizer, schedule(head_optimizer)), Loader(batches), None, options)
 
 
 def final_state(trainer):
     strategy, head = trainer.strategy, trainer.head
-    return {"backbone": strategy.module.state_dict(), "head": head.module.state_dict(),
-            "backbone_optimizer": strategy.optimizer.state_dict(), "head_optimizer": head.optimizer.state_dict(),
-            "backbone_schedule": strategy.scheduler.state_dict(), "head_schedule": head.scheduler.state_dict(),
-            "rng": torch.get_rng_state(), "skipped": trainer.state.skipped_steps}
+    return {
+        "backbone": strategy.module.state_dict(),
+        "head": head.module.state_dict(),
+        "backbone_optimizer": strategy.optimizer.state_dict(),
+        "head_optimizer": head.optimizer.state_dict(),
+        "backbone_schedule": strategy.scheduler.state_dict(),
+        "head_schedule": head.scheduler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "skipped": trainer.state.skipped_steps,
+    }
 
 
 def assert_identical(a, b, where="state"):
@@ -125,8 +134,9 @@ def poisoned_and_clean(world_size, rank, nan_image_steps, nan_grad_steps, nan_ra
 @pytest.mark.parametrize("loss, update", [("arcface", "dense"), ("elastic_arc", "sparse"), ("adaface", "dense")])
 def test_nan_steps_leave_weights_and_optimizer_state_as_if_their_batches_were_never_drawn(loss, update):
     grads = () if update == "sparse" else (7,)  # a sparse head's weight has no gradient to poison
-    poisoned, clean = poisoned_and_clean(1, 0, nan_image_steps=(3, 4, 10), nan_grad_steps=grads, nan_rank=0,
-                                         loss=loss, update=update)
+    poisoned, clean = poisoned_and_clean(
+        1, 0, nan_image_steps=(3, 4, 10), nan_grad_steps=grads, nan_rank=0, loss=loss, update=update
+    )
     assert poisoned.pop("skipped") == 3 + len(grads) and clean.pop("skipped") == 0
     assert_identical(poisoned, clean)
     assert poisoned["backbone_schedule"]["last_epoch"] == STEPS - 3 - len(grads)  # the schedule waited too
@@ -168,8 +178,7 @@ def test_a_strategy_that_skips_its_update_keeps_the_head_and_the_schedule_in_ste
     a, b = final_state(scaled), final_state(clean)
     assert a.pop("skipped") == 1 and b.pop("skipped") == 0
     assert_identical(a, b)
-    assert any("step 4 skipped, no update: the loss scaler found an overflow" in r.getMessage()
-               for r in caplog.records)
+    assert any("step 4 skipped, no update: the loss scaler found an overflow" in r.getMessage() for r in caplog.records)
 
 
 def test_a_gradscaler_backs_off_on_a_skipped_step():
@@ -177,9 +186,9 @@ def test_a_gradscaler_backs_off_on_a_skipped_step():
     skipped and the scale halves, as the scaler does for its own overflows; the next steps train."""
     batches = global_batches(1, 0)
     trainer = build_trainer(DistEnv(), batches[:4], nan_grad_calls=(2,))
-    trainer.strategy.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    trainer.strategy.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
     trainer.fit()
-    assert trainer.state.skipped_steps == 1 and trainer.strategy.scaler.get_scale() == 2.0 ** 15
+    assert trainer.state.skipped_steps == 1 and trainer.strategy.scaler.get_scale() == 2.0**15
     assert trainer.strategy.scheduler.last_epoch == trainer.head.scheduler.last_epoch == 3
     assert all(torch.isfinite(p).all() for p in trainer.strategy.module.parameters())
 
@@ -187,8 +196,11 @@ def test_a_gradscaler_backs_off_on_a_skipped_step():
 def test_max_nonfinite_steps_in_a_row_stop_the_trainer():
     batches = global_batches(1, 0, nan_image_steps=(2, 3, 5, 6, 7))
     trainer = build_trainer(DistEnv(), batches, max_nonfinite_steps=3)
-    with pytest.raises(NonFiniteLossError, match=r"the loss became nan at step 7; steps 5 to 7 were all skipped "
-                                                 r"\(train.max_nonfinite_steps=3\)"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"the loss became nan at step 7; steps 5 to 7 were all skipped "
+        r"\(train.max_nonfinite_steps=3\)",
+    ):
         trainer.fit()
     assert trainer.state.skipped_steps == 5  # steps 2 and 3 were a shorter streak
 
@@ -227,8 +239,9 @@ def test_the_trainer_checks_the_last_batch_before_it_finishes():
 
 
 # ------------------------------------------------------------------------- whole runs
-def test_max_nonfinite_steps_stop_the_run_with_the_last_good_checkpoint_loadable(tiny_run, tmp_path, monkeypatch,
-                                                                               capsys):
+def test_max_nonfinite_steps_stop_the_run_with_the_last_good_checkpoint_loadable(
+    tiny_run, tmp_path, monkeypatch, capsys
+):
     forward, calls = PartialFC.forward, []
 
     def nan_from_call_6(self, *args):
@@ -238,12 +251,20 @@ def test_max_nonfinite_steps_stop_the_run_with_the_last_good_checkpoint_loadable
 
     monkeypatch.setattr(PartialFC, "forward", nan_from_call_6)
     out = str(tmp_path / "run")
-    settings = {"train.max_steps": 20, "output.checkpoint_every": 2, "train.max_nonfinite_steps": 3,
-                "eval.every": 0, "eval.at_start": "false", "output.tensorboard": "false"}
+    settings = {
+        "train.max_steps": 20,
+        "output.checkpoint_every": 2,
+        "train.max_nonfinite_steps": 3,
+        "eval.every": 0,
+        "eval.at_start": "false",
+        "output.tensorboard": "false",
+    }
     assert train_main(tiny_run.argv(out, **settings)) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("fr-train: error: the loss became nan at step 8; steps 6 to 8 were all skipped") \
-        and "\n" not in err, err
+    assert (
+        err.startswith("fr-train: error: the loss became nan at step 8; steps 6 to 8 were all skipped")
+        and "\n" not in err
+    ), err
     assert not os.path.exists(os.path.join(out, "model.pt"))
     monkeypatch.undo()
     # The newest checkpoint (step 6: five updates, the loader past step 6) is whole, finite and resumes.
@@ -256,14 +277,27 @@ def test_max_nonfinite_steps_stop_the_run_with_the_last_good_checkpoint_loadable
     assert results["steps"] == 20 and results["skipped_steps"] == 1 and math.isfinite(results["final_loss"])
 
 
-KILL_RUN = {"train.max_steps": 36, "output.checkpoint_every": 3, "output.keep_checkpoints": 2, "train.threads": 1,
-            "train.log_every": 1, "eval.every": 0, "eval.at_start": "false", "output.tensorboard": "false",
-            "partial_fc.sample_rate": 0.5, "optim.warmup_epochs": 0.5}
+KILL_RUN = {
+    "train.max_steps": 36,
+    "output.checkpoint_every": 3,
+    "output.keep_checkpoints": 2,
+    "train.threads": 1,
+    "train.log_every": 1,
+    "eval.every": 0,
+    "eval.at_start": "false",
+    "output.tensorboard": "false",
+    "partial_fc.sample_rate": 0.5,
+    "optim.warmup_epochs": 0.5,
+}
 
 
 def child_env():
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-                PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+    )
 
 
 def wait_for_checkpoint(out_dir, step, proc, timeout_s=240):
@@ -288,8 +322,10 @@ def children(pid):
 
 def assert_same_run(a_dir, b_dir, world_size):
     for rank in range(world_size):
-        a, b = [torch.load(os.path.join(d, "checkpoints", "step_00000036", rank_file(rank)), weights_only=True)
-                for d in (a_dir, b_dir)]
+        a, b = [
+            torch.load(os.path.join(d, "checkpoints", "step_00000036", rank_file(rank)), weights_only=True)
+            for d in (a_dir, b_dir)
+        ]
         for part in ("strategy", "head", "loader"):
             assert_identical(a[part], b[part], f"rank {rank} {part}")
         assert a["trainer"]["history"]["loss"] == b["trainer"]["history"]["loss"]
@@ -307,17 +343,28 @@ def straight_runs(tiny_run, tmp_path_factory):
     """Unbroken reference runs, launched as the killed ones are: {1: fr-train, 2: torchrun over 2 ranks}."""
     base = tmp_path_factory.mktemp("straight")
     one, two = str(base / "one"), str(base / "two")
-    subprocess.run([sys.executable, "-m", "fr.cli.train"] + tiny_run.argv(one, **KILL_RUN), env=child_env(),
-                   check=True, capture_output=True, timeout=600)
-    subprocess.run(torchrun(tiny_run, two, restarts=0), env=child_env(), check=True, capture_output=True,
-                   timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "fr.cli.train"] + tiny_run.argv(one, **KILL_RUN),
+        env=child_env(),
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    subprocess.run(torchrun(tiny_run, two, restarts=0), env=child_env(), check=True, capture_output=True, timeout=600)
     return {1: one, 2: two}
 
 
 def torchrun(tiny_run, out_dir, restarts):
-    return ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-             f"--max-restarts={restarts}", "-m", "fr.cli.train"]
-            + tiny_run.argv(out_dir, **{**KILL_RUN, "data.batch_size": 8, "train.resume": "auto"}))
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        f"--max-restarts={restarts}",
+        "-m",
+        "fr.cli.train",
+    ] + tiny_run.argv(out_dir, **{**KILL_RUN, "data.batch_size": 8, "train.resume": "auto"})
 
 
 def test_sigkill_at_a_random_step_then_resume_auto_ends_bitwise_equal(tiny_run, straight_runs, tmp_path):
@@ -340,8 +387,13 @@ def test_torchrun_restarts_a_killed_worker_and_the_run_ends_bitwise_equal(tiny_r
     the other and starts both again, which continue from the newest whole checkpoint."""
     seed, step, delay = kill_point()
     out = str(tmp_path / "killed")
-    proc = subprocess.Popen(torchrun(tiny_run, out, restarts=1), env=child_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        torchrun(tiny_run, out, restarts=1),
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert wait_for_checkpoint(out, step, proc), f"the run ended before the kill (seed {seed})"
     time.sleep(delay)
     workers = children(proc.pid)

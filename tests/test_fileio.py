@@ -1,5 +1,6 @@
 """Crash-safe writes (evaluation.fileio): a failing writer leaves the previous file intact and no temporary
 behind, contents reach the disk before the rename, and new files get the umask's permissions."""
+
 import json
 import os
 import stat
@@ -112,8 +113,12 @@ class _FakeFigure:
 
 
 def _fake_matplotlib(figure: _FakeFigure) -> dict:
-    axes = types.SimpleNamespace(**{name: lambda *a, **k: None for name in (
-        "plot", "set_xscale", "set_xlim", "set_ylim", "set_xlabel", "set_ylabel", "grid", "legend")})
+    axes = types.SimpleNamespace(
+        **{
+            name: lambda *a, **k: None
+            for name in ("plot", "set_xscale", "set_xlim", "set_ylim", "set_xlabel", "set_ylabel", "grid", "legend")
+        }
+    )
     pyplot = types.ModuleType("matplotlib.pyplot")
     pyplot.subplots = lambda **kwargs: (figure, axes)
     pyplot.close = lambda fig: setattr(fig, "closed", True)

@@ -3,6 +3,7 @@ one-line error (evaluation.errors.UserInputError), never another exception, a ha
 
 `python -m tests.test_fuzz` runs the same cases and prints the figures recorded in docs/reliability.md.
 """
+
 import hashlib
 import json
 import shutil
@@ -37,6 +38,7 @@ class Hang(BaseException):
 
 def record_set(root, rng):
     """A small insightface-layout set, JPEG and PNG images mixed; returns the .rec and .idx bytes."""
+
     def image(k):
         return encode(noise(rng, SIDE), "JPEG" if (k // PER_IDENTITY + k % PER_IDENTITY) % 2 else "PNG")
 
@@ -63,14 +65,14 @@ def mutate(data, rng, hot_spots=()):
             data[pos] ^= 1 << int(rng.integers(8))
         elif op in (1, 2):
             span = int(rng.integers(1, 9))
-            data[pos:pos + span] = bytes([0 if op == 1 else 255]) * len(data[pos:pos + span])
+            data[pos : pos + span] = bytes([0 if op == 1 else 255]) * len(data[pos : pos + span])
         elif op == 3:
             del data[pos:]
         elif op == 4:
             data[pos:pos] = rng.integers(0, 256, int(rng.integers(1, 17)), dtype=np.uint8).tobytes()
         else:
             start = int(rng.integers(len(data)))
-            data[pos:pos] = data[start:start + int(rng.integers(1, 65))]
+            data[pos:pos] = data[start : start + int(rng.integers(1, 65))]
     return bytes(data)
 
 
@@ -153,8 +155,11 @@ def run_fuzz(tmp, seed=SEED, record_cases=RECORD_CASES, bin_cases=BIN_CASES):
             (root / "train.idx").write_bytes(files["idx"])
             paths = [root / "train.rec", root / "train.idx"]
             before = digest(paths)
-            readers = {"fr-data verify": lambda: verify(root, decode), "torch loader": lambda: train_all(root),
-                       "DALI index": lambda case=case: dali_index(root, cache / str(case))}
+            readers = {
+                "fr-data verify": lambda: verify(root, decode),
+                "torch loader": lambda: train_all(root),
+                "DALI index": lambda case=case: dali_index(root, cache / str(case)),
+            }
             for name, call in readers.items():
                 tally(name, call, case)
             if digest(paths) != before:
@@ -173,10 +178,14 @@ def run_fuzz(tmp, seed=SEED, record_cases=RECORD_CASES, bin_cases=BIN_CASES):
         seconds["bin"] = time.perf_counter() - start
     finally:
         signal.signal(signal.SIGALRM, previous)
-    figures = {"seed": seed, "record_cases": record_cases, "bin_cases": bin_cases,
-               "outcomes": {f"{reader}: {kind}": n for (reader, kind), n in sorted(outcomes.items())},
-               "seconds": {part: round(s, 1) for part, s in seconds.items()},
-               "slowest_case_s": {reader: round(s, 3) for reader, s in sorted(slowest.items())}}
+    figures = {
+        "seed": seed,
+        "record_cases": record_cases,
+        "bin_cases": bin_cases,
+        "outcomes": {f"{reader}: {kind}": n for (reader, kind), n in sorted(outcomes.items())},
+        "seconds": {part: round(s, 1) for part, s in seconds.items()},
+        "slowest_case_s": {reader: round(s, 3) for reader, s in sorted(slowest.items())},
+    }
     return figures, failures
 
 
@@ -197,8 +206,11 @@ def test_an_idx_offset_no_file_can_seek_to_is_a_user_error(tmp_path, offset):
     lines = (tmp_path / "train.idx").read_text().splitlines()
     lines[0] = f"0\t{offset}"
     (tmp_path / "train.idx").write_text("\n".join(lines) + "\n")
-    for reader in (lambda: verify(tmp_path, get_decoder("auto")), lambda: train_all(tmp_path),
-                   lambda: dali_index(tmp_path, tmp_path / "cache")):
+    for reader in (
+        lambda: verify(tmp_path, get_decoder("auto")),
+        lambda: train_all(tmp_path),
+        lambda: dali_index(tmp_path, tmp_path / "cache"),
+    ):
         with pytest.raises(RecordIOError, match=rf"train.idx:1: offset {offset} of key 0 is not a file position"):
             reader()
 

@@ -1,6 +1,7 @@
 """Each epoch's order is one permutation of the whole data set: global batch g is its g-th slice of
 world x per-rank batch samples, split across ranks, so the samples and their flips do not depend on the world
 size; a position saved on one world size continues on another; the DALI loader gives the torch loader's samples."""
+
 import logging
 
 import pytest
@@ -26,8 +27,13 @@ def data_dir(record_dir):
 def make_loaders(root, world, batch, kind="torch"):
     if kind == "dali":
         pytest.importorskip("nvidia.dali")  # a guard only: the `test` extra installs DALI
-    cfg = DataConfig(root=str(root), loader=kind, batch_size=batch, num_workers=0 if kind == "torch" else 1,
-                     cache_dir=str(root) + "_cache")
+    cfg = DataConfig(
+        root=str(root),
+        loader=kind,
+        batch_size=batch,
+        num_workers=0 if kind == "torch" else 1,
+        cache_dir=str(root) + "_cache",
+    )
     return [build_loader(cfg, DistEnv(rank=rank, world_size=world), seed=SEED) for rank in range(world)]
 
 
@@ -48,8 +54,10 @@ def global_batches(loaders, epoch):
         loader.set_epoch(epoch)
         per_rank.append(list(loader))
     assert len({len(batches) for batches in per_rank}) == 1  # every rank steps the same number of times
-    return [(torch.cat([batches[g][0] for batches in per_rank]), torch.cat([batches[g][1] for batches in per_rank]))
-            for g in range(len(per_rank[0]))]
+    return [
+        (torch.cat([batches[g][0] for batches in per_rank]), torch.cat([batches[g][1] for batches in per_rank]))
+        for g in range(len(per_rank[0]))
+    ]
 
 
 def same(got, expected):
@@ -72,8 +80,13 @@ def test_each_global_batch_is_the_same_slice_of_one_permutation(data_dir, world)
         for rank, loader in enumerate(loaders):
             loader.set_epoch(epoch)
             got = [samples(images, labels) for images, labels in loader]
-            expected = [[(k, flip_coin(sample_seed(SEED, epoch, k)))
-                         for k in order[12 * g + batch * rank:12 * g + batch * (rank + 1)]] for g in range(3)]
+            expected = [
+                [
+                    (k, flip_coin(sample_seed(SEED, epoch, k)))
+                    for k in order[12 * g + batch * rank : 12 * g + batch * (rank + 1)]
+                ]
+                for g in range(3)
+            ]
             assert got == expected
             flips += [flipped for batch_samples in got for _, flipped in batch_samples]
         orders.append(order)
@@ -93,8 +106,13 @@ def test_a_position_saved_on_two_ranks_continues_on_one_and_on_three(data_dir, k
     step = [next(iter(loader)) for loader in first]  # one step into epoch 1
     head.append((torch.cat([x for x, _ in step]), torch.cat([y for _, y in step])))
     state = first[0].state_dict()
-    assert {key: state[key] for key in ("epoch", "offset", "global_batch", "seed", "step")} == \
-        {"epoch": 1, "offset": 12, "global_batch": 12, "seed": SEED, "step": 4}
+    assert {key: state[key] for key in ("epoch", "offset", "global_batch", "seed", "step")} == {
+        "epoch": 1,
+        "offset": 12,
+        "global_batch": 12,
+        "seed": SEED,
+        "step": 4,
+    }
     for world, batch in ((1, 12), (3, 4)):
         resumed = make_loaders(data_dir, world, batch, kind)
         for loader in resumed:

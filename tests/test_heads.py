@@ -1,4 +1,5 @@
 """Tests for fr.heads: margins, the distributed softmax CE and Partial FC against a dense single-process reference."""
+
 from __future__ import annotations
 
 import math
@@ -8,15 +9,33 @@ import torch
 import torch.nn.functional as F
 
 from fr.distributed import DistEnv, env_from_group
-from fr.heads import (ArcFace, CosFace, DistributedSoftmaxCrossEntropy, PartialFC, build_loss,
-                      dist_softmax_cross_entropy, register_loss, shard_range)
-from tests.helpers.partial_fc import (B_PER_RANK, D, EXACT_SETUPS, SAMPLED_CLASSES, SAMPLED_LABELS,
-                                      check_against_dense, head_cases, results_per_rank, run_head)
+from fr.heads import (
+    ArcFace,
+    CosFace,
+    DistributedSoftmaxCrossEntropy,
+    PartialFC,
+    build_loss,
+    dist_softmax_cross_entropy,
+    register_loss,
+    shard_range,
+)
+from tests.helpers.partial_fc import (
+    B_PER_RANK,
+    EXACT_SETUPS,
+    SAMPLED_CLASSES,
+    SAMPLED_LABELS,
+    D,
+    check_against_dense,
+    head_cases,
+    results_per_rank,
+    run_head,
+)
 
 MARGINS = {"arcface": {"s": 64.0, "m": 0.5}, "cosface": {"s": 64.0, "m": 0.4}}
 
 
 # ----------------------------------------------------------------------------- independent dense reference
+
 
 def reference_logits(cos: torch.Tensor, labels: torch.Tensor, name: str, s: float, m: float) -> torch.Tensor:
     """Margin written out by hand: arcface cos(theta+m) up to theta = pi - m, then cos - (1 - cos m)."""
@@ -42,6 +61,7 @@ def dense_reference(embeddings, weight, labels, name):
 
 # ----------------------------------------------------------------------------- workers (module level: picklable)
 
+
 def _run_case(rank, name, num_classes, labels, sample_rate, seed=0, steps=1):
     return run_head(rank, build_loss(name, **MARGINS[name]), num_classes, labels, sample_rate, steps=steps, seed=seed)
 
@@ -51,7 +71,7 @@ def _worker_cases(rank, world_size):
 
 
 def _worker_sampling(rank, world_size):
-    labels = SAMPLED_LABELS[:world_size * B_PER_RANK]
+    labels = SAMPLED_LABELS[: world_size * B_PER_RANK]
     first = _run_case(rank, "cosface", SAMPLED_CLASSES, labels, 0.3, seed=5)
     again = _run_case(rank, "cosface", SAMPLED_CLASSES, labels, 0.3, seed=5)
     other_seed = _run_case(rank, "cosface", SAMPLED_CLASSES, labels, 0.3, seed=6)
@@ -60,16 +80,26 @@ def _worker_sampling(rank, world_size):
     env = env_from_group()
     resumed = PartialFC(CosFace(), D, SAMPLED_CLASSES, sample_rate=0.3, env=env, seed=5)
     resumed.load_state_dict(first["state"])
-    resumed(first["emb"], torch.tensor(labels[rank * B_PER_RANK:(rank + 1) * B_PER_RANK]))
-    return {"first": first["sampled"], "again": again["sampled"], "first_loss": first["loss"],
-            "again_loss": again["loss"], "other_seed": other_seed["sampled"], "second": second_step["sampled"],
-            "resumed": resumed.last_sampled, "num_sample": first["num_sample"]}
+    resumed(first["emb"], torch.tensor(labels[rank * B_PER_RANK : (rank + 1) * B_PER_RANK]))
+    return {
+        "first": first["sampled"],
+        "again": again["sampled"],
+        "first_loss": first["loss"],
+        "again_loss": again["loss"],
+        "other_seed": other_seed["sampled"],
+        "second": second_step["sampled"],
+        "resumed": resumed.last_sampled,
+        "num_sample": first["num_sample"],
+    }
 
 
 def _worker_misc(rank, world_size):
     """Several small two-rank checks in one process group, to pay for one spawn."""
-    return {"sampling": _worker_sampling(rank, world_size), "objective": _worker_objective(rank, world_size),
-            "bad_batches": _worker_bad_batches(rank, world_size)}
+    return {
+        "sampling": _worker_sampling(rank, world_size),
+        "objective": _worker_objective(rank, world_size),
+        "bad_batches": _worker_bad_batches(rank, world_size),
+    }
 
 
 def _worker_objective(rank, world_size):
@@ -79,7 +109,7 @@ def _worker_objective(rank, world_size):
     logits = torch.randn(6, 11, generator=gen, dtype=torch.float64) * 30
     targets = torch.tensor([0, 10, 5, 6, 5, 2])
     start, num_local = shard_range(11, world_size, rank)
-    local = logits[:, start:start + num_local].float().requires_grad_(True)
+    local = logits[:, start : start + num_local].float().requires_grad_(True)
     in_shard = (targets >= start) & (targets < start + num_local)
     loss = dist_softmax_cross_entropy(local, torch.where(in_shard, targets - start, -1), env)
     loss.backward()
@@ -99,6 +129,7 @@ def _worker_bad_batches(rank, world_size):
 
 
 # ----------------------------------------------------------------------------- tests
+
 
 def _check_against_dense(results, labels, name, where):
     """Loss and per-rank gradient slices equal the dense reference over the (sampled) classes."""
@@ -133,7 +164,7 @@ def two_rank_misc(run_distributed):
 def test_sampling_keeps_positives_and_is_reproducible(two_rank_misc):
     world_size = 2
     results = [r["sampling"] for r in two_rank_misc]
-    labels = torch.tensor(SAMPLED_LABELS[:world_size * B_PER_RANK])
+    labels = torch.tensor(SAMPLED_LABELS[: world_size * B_PER_RANK])
     for rank, r in enumerate(results):
         start, num_local = shard_range(SAMPLED_CLASSES, world_size, rank)
         positives = set((labels[(labels >= start) & (labels < start + num_local)] - start).tolist())
@@ -158,7 +189,7 @@ def test_distributed_softmax_ce_matches_dense(two_rank_misc):
     loss.backward()
     for r in results:
         assert r["loss"] == pytest.approx(loss.item(), rel=1e-6)
-        torch.testing.assert_close(r["grad"], logits.grad[:, r["start"]:r["start"] + r["num_local"]])
+        torch.testing.assert_close(r["grad"], logits.grad[:, r["start"] : r["start"] + r["num_local"]])
 
 
 def test_mismatched_batches_raise_on_every_rank(two_rank_misc):
@@ -200,8 +231,9 @@ def test_loss_is_not_clamped():
     assert loss.item() == pytest.approx(exact.item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("loss", [ArcFace(), ArcFace(exact_gradient=True), CosFace()], ids=["arcface", "arcface_exact_gradient",
-                                                                                     "cosface"])
+@pytest.mark.parametrize(
+    "loss", [ArcFace(), ArcFace(exact_gradient=True), CosFace()], ids=["arcface", "arcface_exact_gradient", "cosface"]
+)
 def test_no_nan_at_cos_plus_minus_one(loss):
     head = PartialFC(loss, 3, 3, sample_rate=1.0)
     with torch.no_grad():
@@ -257,8 +289,11 @@ def test_rows_without_local_target_are_only_scaled():
 def test_build_loss():
     assert isinstance(build_loss("arcface", s=30.0, m=0.3), ArcFace)
     assert build_loss("cosface").m == 0.4
-    with pytest.raises(ValueError, match=r"unknown margin loss 'arcfce' \(did you mean 'arcface'.*\?\); accepted: "
-                       r"adaface, arcface, combined, cosface, curricular, elastic_arc, elastic_cos, magface, sface$"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown margin loss 'arcfce' \(did you mean 'arcface'.*\?\); accepted: "
+        r"adaface, arcface, combined, cosface, curricular, elastic_arc, elastic_cos, magface, sface$",
+    ):
         build_loss("arcfce")
     with pytest.raises(ValueError, match=r"has no parameter 'scale'.*accepted: s, m, exact_gradient"):
         build_loss("arcface", scale=64.0)

@@ -1,4 +1,5 @@
 """The fused margin + softmax CE function against plain autograd through the unfused modules."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,8 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from fr.distributed import DistEnv
-from fr.heads import (ArcFace, CombinedMargin, CosFace, MarginLoss, PartialFC, available_losses, build_loss,
-                      dist_softmax_cross_entropy)
+from fr.heads import (
+    ArcFace,
+    CombinedMargin,
+    CosFace,
+    MarginLoss,
+    PartialFC,
+    available_losses,
+    build_loss,
+    dist_softmax_cross_entropy,
+)
 from fr.heads.cosine import cosine_logits
 from fr.heads.fused import fused_margin_softmax_ce
 

@@ -1,4 +1,5 @@
 """Every margin loss through Partial FC (world sizes 1-3, sampled or not) against a dense float64 reference."""
+
 from __future__ import annotations
 
 import math
@@ -29,6 +30,7 @@ LOSS_CASES = {
 
 
 # ----------------------------------------------------------------------------- independent dense reference
+
 
 def _arc(cos, theta, m):
     """cos(theta + m) while theta + m <= pi, then cos - (1 - cos m)."""
@@ -78,7 +80,7 @@ def reference_loss(case, emb, w, labels, out):
     elif name == "magface":
         a = emb.norm(dim=1, keepdim=True).clamp(10, 110)
         target = _arc(cos_y, theta_y, 0.45 + 0.35 * (a - 10) / 100)
-        extra = 35 * (1 / a + a / 110 ** 2).mean()
+        extra = 35 * (1 / a + a / 110**2).mean()
     elif name == "cosface":
         target = cos_y - 0.4
         others = cos.masked_fill((cos.detach() > head_kw["interclass_filtering_threshold"]) & ~onehot, 0.0)
@@ -98,6 +100,7 @@ def dense_reference(case, embeddings, weight, labels, out):
 
 # ----------------------------------------------------------------------------- workers
 
+
 def _run_case(rank, case, num_classes, labels, sample_rate):
     name, params, head_kw = LOSS_CASES[case]
     return run_head(rank, build_loss(name, **params), num_classes, labels, sample_rate, emb_scale=EMB_SCALE, **head_kw)
@@ -114,15 +117,23 @@ def results(request):
 
 
 def _check_against_dense(per_rank, case, labels, where):
-    check_against_dense(per_rank, labels, lambda e, w, t: dense_reference(case, e, w, t, per_rank[0]), where,
-                        B_PER_RANK, loss_abs=1e-5, global_atol=True)
+    check_against_dense(
+        per_rank,
+        labels,
+        lambda e, w, t: dense_reference(case, e, w, t, per_rank[0]),
+        where,
+        B_PER_RANK,
+        loss_abs=1e-5,
+        global_atol=True,
+    )
 
 
 def test_every_loss_matches_dense_reference(results):
     world_size, per_rank = results
     for index, (case, _, labels, rate) in enumerate(head_cases(LOSS_CASES, world_size)):
-        _check_against_dense([r[index] for r in per_rank], case, labels,
-                             f"{case} world={world_size} sample_rate={rate}")
+        _check_against_dense(
+            [r[index] for r in per_rank], case, labels, f"{case} world={world_size} sample_rate={rate}"
+        )
 
 
 def test_statistics_and_draws_identical_on_every_rank(results):
@@ -171,28 +182,32 @@ def test_elastic_with_zero_sigma_equals_fixed_margin():
     cos = (torch.rand(6, 5, generator=gen) * 2 - 1).requires_grad_(True)
     labels = torch.tensor([0, 4, 2, -1, 2, 1])
     exact_arc = build_loss("arcface", m=0.5, exact_gradient=True)
-    pairs = [(build_loss("elastic_cos", m=0.35, sigma=0.0), build_loss("cosface", m=0.35)),
-             (build_loss("elastic_arc", m=0.5, sigma=0.0), exact_arc),
-             (build_loss("elastic_arc", m=0.5, sigma=0.0, plus=True), exact_arc)]
+    pairs = [
+        (build_loss("elastic_cos", m=0.35, sigma=0.0), build_loss("cosface", m=0.35)),
+        (build_loss("elastic_arc", m=0.5, sigma=0.0), exact_arc),
+        (build_loss("elastic_arc", m=0.5, sigma=0.0, plus=True), exact_arc),
+    ]
     for elastic, fixed in pairs:
         ctx = MarginContext(target_cos=torch.rand(6, generator=gen))
-        got, = torch.autograd.grad(elastic(cos, labels, ctx).sum(), cos)
-        want, = torch.autograd.grad(fixed(cos, labels).sum(), cos)
+        (got,) = torch.autograd.grad(elastic(cos, labels, ctx).sum(), cos)
+        (want,) = torch.autograd.grad(fixed(cos, labels).sum(), cos)
         torch.testing.assert_close(elastic(cos, labels, ctx), fixed(cos, labels), rtol=0, atol=0)
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert build_loss("elastic_arc", plus=True).sigma == 0.0175 and build_loss("elastic_cos", plus=True).sigma == 0.02
     assert build_loss("elastic_arc").sigma == 0.05 and build_loss("elastic_cos").m == 0.35
 
 
-@pytest.mark.parametrize("name", ["combined", "elastic_arc", "elastic_cos", "adaface", "curricular", "magface",
-                                  "sface"])
+@pytest.mark.parametrize(
+    "name", ["combined", "elastic_arc", "elastic_cos", "adaface", "curricular", "magface", "sface"]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_no_nan_at_cos_plus_minus_one(name, dtype):
     head = PartialFC(build_loss(name), 3, 3)
     with torch.no_grad():
         head.weight.copy_(torch.eye(3) * 0.01)
-    emb = torch.tensor([[20.0, 0.0, 0.0], [0.0, -50.0, 0.0], [0.0, 0.0, 1.0], [-100.0, 0.0, 0.0]],
-                       dtype=dtype, requires_grad=True)
+    emb = torch.tensor(
+        [[20.0, 0.0, 0.0], [0.0, -50.0, 0.0], [0.0, 0.0, 1.0], [-100.0, 0.0, 0.0]], dtype=dtype, requires_grad=True
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         out = head(emb, torch.tensor([0, 1, 2, 0]))
     out.backward()
@@ -202,8 +217,14 @@ def test_no_nan_at_cos_plus_minus_one(name, dtype):
 
 def test_combined_allows_every_combination_and_is_monotone():
     cos = torch.linspace(-1, 1, 4001, dtype=torch.float64)
-    for m1, m2, m3 in [(1.0, 0.5, 0.0), (1.0, 0.0, 0.35), (1.35, 0.0, 0.0), (1.2, 0.3, 0.2), (0.9, 0.5, 0.1),
-                       (2.0, 1.0, 0.3)]:
+    for m1, m2, m3 in [
+        (1.0, 0.5, 0.0),
+        (1.0, 0.0, 0.35),
+        (1.35, 0.0, 0.0),
+        (1.2, 0.3, 0.2),
+        (0.9, 0.5, 0.1),
+        (2.0, 1.0, 0.3),
+    ]:
         loss = build_loss("combined", s=1.0, m1=m1, m2=m2, m3=m3)
         target = loss.target_logit(cos)
         assert torch.isfinite(target).all() and (target.diff() >= -1e-12).all(), (m1, m2, m3)

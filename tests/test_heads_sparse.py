@@ -1,4 +1,5 @@
 """Sparse update mode of Partial FC: only sampled rows and their momentum move, exactly as dense SGD on them."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -93,9 +94,15 @@ def test_training_run_with_sparse_update_and_a_new_loss(tmp_path, tiny_run):
 
     out_dir = str(tmp_path / "run")
     settings = {
-        "model.embedding_size": 32, "train.max_steps": 3, "train.log_every": 1, "eval.every": 0,
-        "eval.at_start": "false", "output.tensorboard": "false",
-        "loss.name": "elastic_arc", "loss.params": '{"plus": true}', "partial_fc.sample_rate": 0.5,
+        "model.embedding_size": 32,
+        "train.max_steps": 3,
+        "train.log_every": 1,
+        "eval.every": 0,
+        "eval.at_start": "false",
+        "output.tensorboard": "false",
+        "loss.name": "elastic_arc",
+        "loss.params": '{"plus": true}',
+        "partial_fc.sample_rate": 0.5,
         "partial_fc.update": "sparse",
     }
     assert train_main(tiny_run.argv(out_dir, **settings)) == 0

@@ -1,5 +1,6 @@
 """The shared test fixtures do what the tests rely on: record sets hold what they promise, and the multi-process
 runner reports a failing worker and never waits on a stuck collective for long."""
+
 import time
 
 import numpy as np

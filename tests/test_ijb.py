@@ -1,4 +1,5 @@
 """IJB 1:1 and 1:N end to end on a miniature IJB-C layout built from synthetic faces, against plain loops."""
+
 import json
 import os
 
@@ -54,11 +55,13 @@ def layout(tmp_path_factory, tiny_checkpoint):
     (base / "meta" / "ijbc_face_tid_mid.txt").write_text("\n".join(tid_rows) + "\n")
     (base / "meta" / "ijbc_name_5pts_score.txt").write_text("\n".join(lmk_rows) + "\n")
     templates = sorted(subject_of)
-    pairs = [(a, b, int(subject_of[a] == subject_of[b])) for i, a in enumerate(templates) for b in templates[i + 1:]]
+    pairs = [(a, b, int(subject_of[a] == subject_of[b])) for i, a in enumerate(templates) for b in templates[i + 1 :]]
     (base / "meta" / "ijbc_template_pair_label.txt").write_text("".join(f"{a} {b} {same}\n" for a, b, same in pairs))
     for name, subjects in (("G1", G1), ("G2", G2)):
         rows = [f"{t},{subject_of[t]},x.jpg" for t in templates if t % 10 == 0 and subject_of[t] in subjects]
-        (base / "meta" / f"ijbc_1N_gallery_{name}.csv").write_text("TEMPLATE_ID,SUBJECT_ID,FILENAME\n" + "\n".join(rows))
+        (base / "meta" / f"ijbc_1N_gallery_{name}.csv").write_text(
+            "TEMPLATE_ID,SUBJECT_ID,FILENAME\n" + "\n".join(rows)
+        )
     probes = [f"{t},{subject_of[t]},y.jpg" for t in templates if t % 10 != 0]
     (base / "meta" / "ijbc_1N_probe_mixed.csv").write_text("TEMPLATE_ID,SUBJECT_ID,FILENAME\n" + "\n".join(probes))
 
@@ -108,13 +111,33 @@ def _reference_tar(scores, labels, far):
 def test_ijb_11_matches_plain_loops(layout, tmp_path, modes):
     root, run, model, subject_of, pairs = layout
     out, feats = tmp_path / "r.json", tmp_path / "f.npy"
-    assert eval_main(["ijb", "--checkpoint", str(run), "--root", str(root), "--target", "IJBC",
-                      "--json", str(out), "--save-features", str(feats), "--batch-size", "7"] + modes) == 0
+    assert (
+        eval_main(
+            [
+                "ijb",
+                "--checkpoint",
+                str(run),
+                "--root",
+                str(root),
+                "--target",
+                "IJBC",
+                "--json",
+                str(out),
+                "--save-features",
+                str(feats),
+                "--batch-size",
+                "7",
+            ]
+            + modes
+        )
+        == 0
+    )
     got = json.load(open(out))
     raw, meta = _reference_raw(root, model)
     np.testing.assert_allclose(np.load(feats), raw, rtol=1e-4, atol=1e-4)
-    tf = _reference_templates(raw, meta, flip="--no-flip" not in modes, norm="--no-norm" not in modes,
-                              detector="--no-detector" not in modes)
+    tf = _reference_templates(
+        raw, meta, flip="--no-flip" not in modes, norm="--no-norm" not in modes, detector="--no-detector" not in modes
+    )
     scores = np.array([float(tf[a] @ tf[b]) for a, b, _ in pairs])
     labels = np.array([same for *_, same in pairs])
     assert got["auc"] == pytest.approx(sk_metrics.roc_auc_score(labels, scores), abs=1e-6)
@@ -151,8 +174,9 @@ def _reference_1n(tf, subject_of, gallery_subjects, probes):
 def test_ijb_1n_matches_plain_loops(layout, tmp_path):
     root, run, model, subject_of, _ = layout
     out = tmp_path / "n.json"
-    assert eval_main(["ijb", "--checkpoint", str(run), "--root", str(root), "--protocol", "1n",
-                      "--json", str(out)]) == 0
+    assert (
+        eval_main(["ijb", "--checkpoint", str(run), "--root", str(root), "--protocol", "1n", "--json", str(out)]) == 0
+    )
     got = json.load(open(out))
     raw, meta = _reference_raw(root, model)
     tf = _reference_templates(raw, meta)
@@ -237,8 +261,22 @@ def test_roc_plot_is_written(layout, tmp_path):
     pytest.importorskip("matplotlib")
     root, run, *_ = layout
     feats = tmp_path / "f.npy"
-    assert eval_main(["ijb", "--checkpoint", str(run), "--root", str(root), "--save-features", str(feats),
-                      "--plot", str(tmp_path / "roc.png")]) == 0
+    assert (
+        eval_main(
+            [
+                "ijb",
+                "--checkpoint",
+                str(run),
+                "--root",
+                str(root),
+                "--save-features",
+                str(feats),
+                "--plot",
+                str(tmp_path / "roc.png"),
+            ]
+        )
+        == 0
+    )
     with Image.open(tmp_path / "roc.png") as im:
         assert im.size[0] > 100 and im.size[1] > 100
     # (N, D) features: taken as already flip-summed.
@@ -262,11 +300,14 @@ def test_embedding_across_ranks_gives_the_single_process_result(layout, tmp_path
         out.mkdir()
     common = ["ijb", "--checkpoint", str(run), "--root", str(root), "--device", "cpu"]
     assert eval_main(common + ["--json", str(single / "r.json"), "--save-features", str(single / "f.npy")]) == 0
-    codes = run_distributed(_cli_rank, 2, common + ["--json", str(multi / "r.json"),
-                                                    "--save-features", str(multi / "f.npy")])
+    codes = run_distributed(
+        _cli_rank, 2, common + ["--json", str(multi / "r.json"), "--save-features", str(multi / "f.npy")]
+    )
     assert codes == [0, 0]
     np.testing.assert_allclose(np.load(multi / "f.npy"), np.load(single / "f.npy"), rtol=1e-5, atol=1e-5)
-    assert json.load(open(multi / "r.json"))["tar_at_far"] == pytest.approx(json.load(open(single / "r.json"))["tar_at_far"])
+    assert json.load(open(multi / "r.json"))["tar_at_far"] == pytest.approx(
+        json.load(open(single / "r.json"))["tar_at_far"]
+    )
 
 
 @pytest.mark.parametrize("block_bytes", [64, 4096, 1 << 30])
@@ -281,7 +322,7 @@ def test_score_pairs_blocks_equal_row_dots(monkeypatch, block_bytes):
     np.testing.assert_allclose(ijb.score_pairs(feats, i1, i2), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("offset", [0, 10 ** 12])  # small ids use a lookup table, huge ones a binary search
+@pytest.mark.parametrize("offset", [0, 10**12])  # small ids use a lookup table, huge ones a binary search
 def test_pooling_unsorted_rows_and_template_lookup(offset):
     from evaluation.ijb import IJBFormatError, pool_templates, template_rows
 
@@ -326,8 +367,22 @@ def test_ijb_with_an_onnx_model_matches_pytorch(layout, tmp_path, export_onnx):
     got = {}
     for name, ckpt in (("torch", str(run)), ("onnx", str(onnx_path))):
         out = tmp_path / f"{name}.json"
-        assert eval_main(["ijb", "--checkpoint", ckpt, "--root", str(root), "--json", str(out),
-                          "--save-features", str(tmp_path / f"{name}.npy")]) == 0
+        assert (
+            eval_main(
+                [
+                    "ijb",
+                    "--checkpoint",
+                    ckpt,
+                    "--root",
+                    str(root),
+                    "--json",
+                    str(out),
+                    "--save-features",
+                    str(tmp_path / f"{name}.npy"),
+                ]
+            )
+            == 0
+        )
         got[name] = json.load(open(out))
     np.testing.assert_allclose(np.load(tmp_path / "onnx.npy"), np.load(tmp_path / "torch.npy"), rtol=1e-4, atol=1e-4)
     assert got["onnx"]["tar_at_far"] == pytest.approx(got["torch"]["tar_at_far"])

@@ -1,4 +1,5 @@
 """No import cycles among the modules of fr/ and evaluation/, read from the source (lazy imports included)."""
+
 from __future__ import annotations
 
 import ast
@@ -30,8 +31,9 @@ def module_files(root: str, packages: Tuple[str, ...]) -> Dict[str, str]:
 
 
 def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(nodes) -> Iterator[ast.AST]:
@@ -54,7 +56,7 @@ def _targets(statement: ast.AST, module: str, is_package: bool, modules: Dict[st
     base = statement.module or ""
     if statement.level:
         parts = module.split(".") if is_package else module.split(".")[:-1]
-        parts = parts[:len(parts) - (statement.level - 1)]
+        parts = parts[: len(parts) - (statement.level - 1)]
         base = ".".join(parts + ([base] if base else []))
     for alias in statement.names:
         yield f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
@@ -128,24 +130,29 @@ def _write(root, files: Dict[str, str]) -> None:
 
 
 def test_graph_sees_lazy_relative_and_package_imports_but_not_type_checking_ones(tmp_path):
-    _write(tmp_path, {
-        "pkg/__init__.py": "",
-        # a lazy import inside a function is an edge
-        "pkg/a.py": "def f():\n    from pkg import b\n",
-        "pkg/b.py": "import pkg.a\n",
-        # imports only a type checker runs are not
-        "pkg/c.py": ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import d\n"
-                     "else:\n    import pkg.sub.e\n"),
-        "pkg/d.py": "from pkg.c import x\n",
-        # importing pkg.sub.e runs pkg/sub/__init__.py, which imports f back
-        "pkg/sub/__init__.py": "from pkg import f\n",
-        "pkg/sub/e.py": "",
-        "pkg/f.py": "from pkg.sub.e import g\n",
-        # relative imports resolve against the importer
-        "pkg/g.py": "from . import h\n",
-        "pkg/h.py": "from .g import x\nfrom .sub import e\n",
-        "other/__init__.py": "import pkg.a\n",
-    })
+    _write(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            # a lazy import inside a function is an edge
+            "pkg/a.py": "def f():\n    from pkg import b\n",
+            "pkg/b.py": "import pkg.a\n",
+            # imports only a type checker runs are not
+            "pkg/c.py": (
+                "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import d\n"
+                "else:\n    import pkg.sub.e\n"
+            ),
+            "pkg/d.py": "from pkg.c import x\n",
+            # importing pkg.sub.e runs pkg/sub/__init__.py, which imports f back
+            "pkg/sub/__init__.py": "from pkg import f\n",
+            "pkg/sub/e.py": "",
+            "pkg/f.py": "from pkg.sub.e import g\n",
+            # relative imports resolve against the importer
+            "pkg/g.py": "from . import h\n",
+            "pkg/h.py": "from .g import x\nfrom .sub import e\n",
+            "other/__init__.py": "import pkg.a\n",
+        },
+    )
     graph = import_graph(str(tmp_path), ("pkg", "other"))
     assert graph["pkg.c"] == {"pkg.sub", "pkg.sub.e"} and graph["pkg.d"] == {"pkg.c"}
     assert graph["pkg.h"] == {"pkg.g", "pkg.sub", "pkg.sub.e"}
@@ -175,7 +182,10 @@ def test_importing_the_config_loads_no_training_code():
 def test_evaluation_is_the_bottom_layer():
     """fr imports evaluation (errors, atomic writes, the input normalisation); evaluation never imports fr."""
     graph = import_graph(ROOT, PACKAGES)
-    upward = {module: sorted(t for t in targets if t.split(".")[0] == "fr")
-              for module, targets in graph.items() if module.split(".")[0] == "evaluation"}
+    upward = {
+        module: sorted(t for t in targets if t.split(".")[0] == "fr")
+        for module, targets in graph.items()
+        if module.split(".")[0] == "evaluation"
+    }
     assert not {module: targets for module, targets in upward.items() if targets}
     assert {"evaluation.fileio", "evaluation.preprocess"} <= graph["fr.data.dali"] | graph["fr.data.writer"]

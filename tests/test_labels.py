@@ -1,5 +1,6 @@
 """Record labels that name no class (fractional, negative, NaN, infinite, out of range) are reported by
 `fr-data verify` and skipped and counted by training; each skipped record is counted once."""
+
 import json
 import logging
 import os
@@ -11,18 +12,20 @@ from fr.cli.data import main as data_main
 from fr.data.base import DataError
 from fr.data.datasets import RecordDataset
 from fr.data.loader import DeviceLoader
-from fr.data.recordio import IRHeader, IndexedRecordIO, pack
+from fr.data.recordio import IndexedRecordIO, IRHeader, pack
 from fr.distributed import DistEnv
 from tests.helpers.images import flat, png
 
 C, PER_CLASS = 3, 3
 # key -> (stored label, what fr-data verify must say); identity c holds keys 3c+1 .. 3c+3 with label c.
-BAD = {2: (-0.5, "has label -0.5, not a whole number"),
-       4: (float("nan"), "has label nan, not a finite number"),
-       6: (float("inf"), "has label inf, not a finite number"),
-       7: (2.5, "has label 2.5, not a whole number"),
-       8: (-1.0, "has label -1, outside [0, 3)"),
-       9: (3.0, "has label 3, outside [0, 3)")}
+BAD = {
+    2: (-0.5, "has label -0.5, not a whole number"),
+    4: (float("nan"), "has label nan, not a finite number"),
+    6: (float("inf"), "has label inf, not a finite number"),
+    7: (2.5, "has label 2.5, not a whole number"),
+    8: (-1.0, "has label -1, outside [0, 3)"),
+    9: (3.0, "has label 3, outside [0, 3)"),
+}
 GOOD = [1, 3, 5]
 
 
@@ -108,8 +111,11 @@ def test_bad_labels_met_while_training_are_skipped_and_counted_once(tmp_path):
 
 def test_a_bad_record_replaced_by_another_bad_one_counts_once(tmp_path):
     # Keys 3 and 4 cannot be decoded: the sample of key 3 is replaced by key 4 (bad too), then key 5.
-    write_insightface(tmp_path, lambda key: float((key - 1) // PER_CLASS),
-                      lambda key: b"not an image" if key in (3, 4) else grey(40 * ((key - 1) // PER_CLASS)))
+    write_insightface(
+        tmp_path,
+        lambda key: float((key - 1) // PER_CLASS),
+        lambda key: b"not an image" if key in (3, 4) else grey(40 * ((key - 1) // PER_CLASS)),
+    )
     dataset = RecordDataset(str(tmp_path), flip=False)
     assert dataset.skipped == 0 and len(dataset) == 9
     _, label, skipped = dataset.load(dataset.keys.index(3))
@@ -132,7 +138,7 @@ def write_plain(root, labels):
 
 def test_plain_layout_takes_the_class_count_from_usable_labels_only(tmp_path):
     # 2^24 is a whole number but past what float32 labels hold exactly: no class count from it.
-    write_plain(tmp_path, [0.0, float("nan"), 1.0, -0.5, float(2 ** 24), 2.0, float("-inf")])
+    write_plain(tmp_path, [0.0, float("nan"), 1.0, -0.5, float(2**24), 2.0, float("-inf")])
     dataset = RecordDataset(str(tmp_path), flip=False)
     assert not dataset.layout.insightface and dataset.num_classes == 3
     assert dataset.keys == [0, 2, 5] and dataset.skipped == 4
@@ -142,11 +148,14 @@ def test_plain_layout_takes_the_class_count_from_usable_labels_only(tmp_path):
         RecordDataset(str(tmp_path / "nan"))
 
 
-@pytest.mark.parametrize("header,match", [
-    ([float("nan"), 13.0], r"header record 0 label \[nan, 13.0\] is not \[N\+1, N\+1\+C\]"),
-    ([10.0, float("inf")], r"header record 0 label \[10.0, inf\] is not"),
-    ([10.0, 1e9], r"header announces records 0..999999999 but .*train.idx lists 13 keys"),
-])
+@pytest.mark.parametrize(
+    "header,match",
+    [
+        ([float("nan"), 13.0], r"header record 0 label \[nan, 13.0\] is not \[N\+1, N\+1\+C\]"),
+        ([10.0, float("inf")], r"header record 0 label \[10.0, inf\] is not"),
+        ([10.0, 1e9], r"header announces records 0..999999999 but .*train.idx lists 13 keys"),
+    ],
+)
 def test_a_damaged_header_record_is_a_data_error(tmp_path, capsys, header, match):
     write_insightface(tmp_path, lambda key: float((key - 1) // PER_CLASS))
     rec = IndexedRecordIO(str(tmp_path / "train.idx"), str(tmp_path / "train.rec"), "r")

@@ -1,9 +1,17 @@
 """ROC, TAR@FAR and AUC against sklearn and hand-made cases."""
+
 import numpy as np
 import pytest
 
-from evaluation.metrics import (FAR_TARGETS, auc, far_key, far_table, roc_curve, tar_at_far_interpolated,
-                                tar_at_far_nearest)
+from evaluation.metrics import (
+    FAR_TARGETS,
+    auc,
+    far_key,
+    far_table,
+    roc_curve,
+    tar_at_far_interpolated,
+    tar_at_far_nearest,
+)
 
 sk_metrics = pytest.importorskip("sklearn.metrics")
 

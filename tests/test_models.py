@@ -1,4 +1,5 @@
 """Backbone tests: registry errors, insightface-compatible key names and parameter counts, forward behaviour."""
+
 import pytest
 import torch
 from torch import nn
@@ -55,8 +56,14 @@ def iresnet_expected_keys(depths):
     for stage, depth in enumerate(depths, start=1):
         for b in range(depth):
             p = f"layer{stage}.{b}"
-            keys += [*bn(f"{p}.bn1"), f"{p}.conv1.weight", *bn(f"{p}.bn2"), f"{p}.prelu.weight",
-                     f"{p}.conv2.weight", *bn(f"{p}.bn3")]
+            keys += [
+                *bn(f"{p}.bn1"),
+                f"{p}.conv1.weight",
+                *bn(f"{p}.bn2"),
+                f"{p}.prelu.weight",
+                f"{p}.conv2.weight",
+                *bn(f"{p}.bn3"),
+            ]
             if b == 0:
                 keys += [f"{p}.downsample.0.weight", *bn(f"{p}.downsample.1")]
     keys += [*bn("bn2"), "fc.weight", "fc.bias", *bn("features")]

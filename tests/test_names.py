@@ -1,5 +1,6 @@
 """Names across the code base: one meaning per public name, one reader of the launch environment, one word for
 records that are left out ("skipped"), and the renamed DALI skip list still read under its earlier name."""
+
 import ast
 import io
 import json
@@ -47,8 +48,9 @@ def test_no_public_name_means_two_things():
         for name in public_top_level_names(ast.parse(path.read_text(), str(path))):
             if not name.startswith("_"):
                 where[name].add(str(path.relative_to(ROOT)))
-    twice = {name: sorted(paths) for name, paths in where.items()
-             if len(paths) > 1 and name not in SAME_JOB_IN_EACH_MODULE}
+    twice = {
+        name: sorted(paths) for name, paths in where.items() if len(paths) > 1 and name not in SAME_JOB_IN_EACH_MODULE
+    }
     assert not twice, f"public names defined in more than one module: {twice}"
     assert len(where["main"]) >= 3  # the allow-list is in use (fr-train, fr-data, fr-eval)
 
@@ -56,28 +58,39 @@ def test_no_public_name_means_two_things():
 def reads_launch_environment(source):
     """Whether a module reads the environment (os.environ, os.getenv) and names a launch variable."""
     tree = ast.parse(source)
-    reads = any(isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv")
-                or isinstance(node, ast.Name) and node.id in ("environ", "getenv") for node in ast.walk(tree))
+    reads = any(
+        isinstance(node, ast.Attribute)
+        and node.attr in ("environ", "getenv")
+        or isinstance(node, ast.Name)
+        and node.id in ("environ", "getenv")
+        for node in ast.walk(tree)
+    )
     named = any(isinstance(node, ast.Constant) and node.value in LAUNCH_VARIABLES for node in ast.walk(tree))
     return reads and named
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("import os\nrank = int(os.environ.get('RANK', 0))", True),
-    ("import os\nworld = os.environ['WORLD_SIZE']", True),
-    ("from os import getenv\nlocal = getenv('LOCAL_RANK')", True),
-    ("import os\ndistributed = 'LOCAL_WORLD_SIZE' in os.environ", True),
-    ("import os\ndef env_int(name):\n    return int(os.environ[name])\nrank = env_int('RANK')", True),
-    ("import os\ntraceback = os.environ.get('FR_TRACEBACK')", False),
-    ("columns = ['RANK', 'loss']", False),
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("import os\nrank = int(os.environ.get('RANK', 0))", True),
+        ("import os\nworld = os.environ['WORLD_SIZE']", True),
+        ("from os import getenv\nlocal = getenv('LOCAL_RANK')", True),
+        ("import os\ndistributed = 'LOCAL_WORLD_SIZE' in os.environ", True),
+        ("import os\ndef env_int(name):\n    return int(os.environ[name])\nrank = env_int('RANK')", True),
+        ("import os\ntraceback = os.environ.get('FR_TRACEBACK')", False),
+        ("columns = ['RANK', 'loss']", False),
+    ],
+)
 def test_the_environment_check_sees_every_way_of_reading_it(source, expected):
     assert reads_launch_environment(source) is expected
 
 
 def test_only_fr_distributed_reads_rank_and_world_size():
-    readers = [str(path.relative_to(ROOT)) for path in modules(*PACKAGES, "benchmarks")
-               if reads_launch_environment(path.read_text())]
+    readers = [
+        str(path.relative_to(ROOT))
+        for path in modules(*PACKAGES, "benchmarks")
+        if reads_launch_environment(path.read_text())
+    ]
     assert readers == ["fr/distributed.py"]
 
 
@@ -112,8 +125,14 @@ def test_a_dali_state_saved_before_the_rename_keeps_its_skipped_keys(tmp_path, r
     record_dir(4, 8, image=lambda k: jpeg(flat(8 * k)), root=tmp_path / "set")  # image k: key k + 1, grey value 8k
 
     def loader():
-        return DaliLoader(str(tmp_path / "set"), 4, DistEnv(rank=0, world_size=1), num_threads=1, flip=False,
-                          cache_dir=str(tmp_path / "cache"))
+        return DaliLoader(
+            str(tmp_path / "set"),
+            4,
+            DistEnv(rank=0, world_size=1),
+            num_threads=1,
+            flip=False,
+            cache_dir=str(tmp_path / "cache"),
+        )
 
     state = loader().state_dict()
     state.pop("skipped_keys")

@@ -1,5 +1,6 @@
 """One input normalisation: a JPEG gives the same float tensor through the torch training loader, the DALI CPU
 loader and the evaluation path, and the lookup table holds IEEE float32 `(x / 255 - 0.5) / 0.5`."""
+
 import io
 
 import numpy as np
@@ -74,7 +75,7 @@ def test_the_torch_training_loader_gives_the_evaluation_input(one_jpeg):
     root, _ = one_jpeg
     dataset = RecordDataset(str(root / "rec"), flip=False)
     loader = DeviceLoader(dataset, IMAGES, DistEnv(), num_workers=0, seed=0)
-    (images, _), = list(loader)
+    ((images, _),) = list(loader)
     expected = evaluation_input(root)
     assert images.shape == (IMAGES, 3, 112, 112)
     assert all(torch.equal(image, expected) for image in images)
@@ -91,7 +92,7 @@ def test_the_dali_cpu_loader_gives_the_evaluation_input(one_jpeg, converter, mon
         monkeypatch.setattr("fr.data.dali._opencv", lambda: None)
     root, _ = one_jpeg
     loader = DaliLoader(str(root / "rec"), IMAGES, DistEnv(), num_threads=1, cache_dir=str(tmp_path), flip=False)
-    (images, _), = list(loader)
+    ((images, _),) = list(loader)
     expected = evaluation_input(root)
     assert images.shape == (IMAGES, 3, 112, 112)
     assert all(torch.equal(image, expected) for image in images)

@@ -1,4 +1,5 @@
 """RecordIO: byte compatibility with files written by real MXNet 1.9.1, escaping, multi-label, errors."""
+
 import os
 import struct
 
@@ -6,8 +7,18 @@ import numpy as np
 import pytest
 
 from fr.data.headers import label_of, scan_headers
-from fr.data.recordio import (MAGIC, IRHeader, IndexedRecordIO, MXRecordIO, RecordIOError, pack, pack_img,
-                              read_index, unpack, unpack_img)
+from fr.data.recordio import (
+    MAGIC,
+    IndexedRecordIO,
+    IRHeader,
+    MXRecordIO,
+    RecordIOError,
+    pack,
+    pack_img,
+    read_index,
+    unpack,
+    unpack_img,
+)
 from fr.data.writer import InsightfaceRecordWriter
 
 # Files written by real MXNet 1.9.1, vendored in tests/fixtures/mxnet (its README says how they were made).
@@ -73,6 +84,7 @@ def test_read_label_of_multi_label_and_plain_layout_without_idx(tmp_path, truth)
     (tmp_path / "train.rec").write_bytes(open(os.path.join(d, "data.rec"), "rb").read())
     # no .idx: the dataset rebuilds the index by a scan; the plain layout takes classes from the labels
     from fr.data.datasets import RecordDataset
+
     dataset = RecordDataset(str(tmp_path), flip=False)
     assert not dataset.layout.insightface and dataset.num_classes == int(truth["num_classes"])
     assert [dataset[i][1] for i in range(len(dataset))] == truth["labels"].tolist()

@@ -1,5 +1,6 @@
 """Every name lookup goes through fr.registry.Registry: the same one-line error with close matches, and the
 registered names (config values) stay what they were."""
+
 import importlib.util
 import os
 
@@ -32,10 +33,20 @@ def _scheduler(name):
 LOOKUPS = [
     (_optimizer, "optimizer", "adamww", "adamw", "adamw, sgd"),
     (_scheduler, "LR schedule", "pol", "poly", "constant, poly"),
-    (lambda name: build_loader(DataConfig(root="/nowhere", loader=name), DistEnv()),
-     "data loader", "dail", "dali", "dali, torch, auto"),
-    (lambda name: build_loader(DataConfig(root="/nowhere", loader=name), DistEnv()),
-     "data loader", "aut", "auto", "dali, torch, auto"),
+    (
+        lambda name: build_loader(DataConfig(root="/nowhere", loader=name), DistEnv()),
+        "data loader",
+        "dail",
+        "dali",
+        "dali, torch, auto",
+    ),
+    (
+        lambda name: build_loader(DataConfig(root="/nowhere", loader=name), DistEnv()),
+        "data loader",
+        "aut",
+        "auto",
+        "dali, torch, auto",
+    ),
     (get_decoder, "image decoder", "pilow", "pillow", "pillow, simplejpeg, auto"),
     (lambda name: Compose([name]), "augmentation", "blurr", "blur", "blur, gray, hsv, resize"),
     (DALI_AUGMENTS.get, "DALI augmentation", "grey", "gray", "blur, gray, hsv, resize"),
@@ -91,12 +102,18 @@ def test_auto_decoder_is_the_first_installed_one(monkeypatch):
         get_decoder("missing")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("data.augment=blur,blurr", "data.augment[1]='blurr' is not one of blur, gray, hsv, resize (did you mean blur?)"),
-    ("data.augment=sepia", "data.augment[0]='sepia' is not one of blur, gray, hsv, resize"),
-    ("data.loader=dail", "data.loader='dail' is not one of dali, torch, auto (did you mean dali?)"),
-    ("optim.schedule=pol", "optim.schedule='pol' is not one of constant, poly (did you mean poly?)"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "data.augment=blur,blurr",
+            "data.augment[1]='blurr' is not one of blur, gray, hsv, resize (did you mean blur?)",
+        ),
+        ("data.augment=sepia", "data.augment[0]='sepia' is not one of blur, gray, hsv, resize"),
+        ("data.loader=dail", "data.loader='dail' is not one of dali, torch, auto (did you mean dali?)"),
+        ("optim.schedule=pol", "optim.schedule='pol' is not one of constant, poly (did you mean poly?)"),
+    ],
+)
 def test_config_checks_registered_names_before_anything_runs(override, message):
     with pytest.raises(ConfigError) as info:
         load_config(BASE, ["data.root=/data", override])

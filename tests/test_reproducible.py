@@ -5,6 +5,7 @@ workers, the process (one in pytest, one fresh with another hash seed). The thre
 does matter: torch's CPU kernels sum in another order with another thread count (as oneDNN's convolutions do
 with another instruction set: AVX2 and AVX-512 runs part after a few steps).
 """
+
 import filecmp
 import json
 import os
@@ -22,12 +23,15 @@ SETTINGS = {"train.max_steps": 10, "train.threads": 2, "eval.every": 0, "eval.at
 def test_two_runs_from_scratch_write_identical_models(tiny_run, tmp_path):
     data_a, data_b = str(tmp_path / "data_a"), str(tmp_path / "data_b")
     out_a, out_b = str(tmp_path / "run_a"), str(tmp_path / "run_b")
-    assert train_main(tiny_run.argv(out_a, data_a, **SETTINGS, **{"data.synth.workers": 1,
-                                                                 "data.num_workers": 0})) == 0
-    env = dict(os.environ, PYTHONHASHSEED="12345",
-               PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
-    cmd = [sys.executable, "-m", "fr.cli.train"] + tiny_run.argv(out_b, data_b, **SETTINGS, **{
-        "data.synth.workers": 2, "data.num_workers": 2})
+    assert train_main(tiny_run.argv(out_a, data_a, **SETTINGS, **{"data.synth.workers": 1, "data.num_workers": 0})) == 0
+    env = dict(
+        os.environ,
+        PYTHONHASHSEED="12345",
+        PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+    )
+    cmd = [sys.executable, "-m", "fr.cli.train"] + tiny_run.argv(
+        out_b, data_b, **SETTINGS, **{"data.synth.workers": 2, "data.num_workers": 2}
+    )
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
 

@@ -1,6 +1,7 @@
 """Resumable runs: a run stopped mid-epoch and resumed ends bit-identical to one that never stopped, on one
 process and over 2 gloo ranks, with the torch and the DALI loader; bad checkpoints fail naming the file, or with
 train.resume=auto are passed over for the previous whole one, on every rank alike."""
+
 import json
 import logging
 import os
@@ -31,9 +32,17 @@ from tests.helpers.tiny_run import RECIPE, tiny_overrides
 
 def tiny_values(**extra):
     # 128 images, batch 16: 8 steps per epoch on one rank, 4 per rank on two; 20 steps in all.
-    values = {"train.epochs": 3, "train.max_steps": 20, "train.log_every": 1, "eval.every": 0,
-              "eval.at_start": "false", "output.tensorboard": "false", "output.keep_checkpoints": 2,
-              "partial_fc.sample_rate": 0.5, "optim.warmup_epochs": 0.5}
+    values = {
+        "train.epochs": 3,
+        "train.max_steps": 20,
+        "train.log_every": 1,
+        "eval.every": 0,
+        "eval.at_start": "false",
+        "output.tensorboard": "false",
+        "output.keep_checkpoints": 2,
+        "partial_fc.sample_rate": 0.5,
+        "optim.warmup_epochs": 0.5,
+    }
     values.update(extra)
     return values
 
@@ -100,12 +109,24 @@ def test_crash_then_resume_auto_matches_an_uninterrupted_run(tiny_data, tmp_path
     monkeypatch.undo()
     assert resume_candidates("auto", crashed)[0].endswith("step_00000012")
     workers = 2 if loader == "torch" else 1  # the per-sample seeds make flips independent of the worker count
-    results = train(tiny_config(tiny_data, crashed, **{"data.loader": loader, "output.checkpoint_every": 3,
-                                                       "train.resume": "auto", "data.num_workers": workers}))
+    results = train(
+        tiny_config(
+            tiny_data,
+            crashed,
+            **{
+                "data.loader": loader,
+                "output.checkpoint_every": 3,
+                "train.resume": "auto",
+                "data.num_workers": workers,
+            },
+        )
+    )
     assert results["steps"] == 20
     assert_same_training(straight, crashed)
-    assert torch.equal(torch.load(os.path.join(straight, "model.pt"))["fc.weight"],
-                       torch.load(os.path.join(crashed, "model.pt"))["fc.weight"])
+    assert torch.equal(
+        torch.load(os.path.join(straight, "model.pt"))["fc.weight"],
+        torch.load(os.path.join(crashed, "model.pt"))["fc.weight"],
+    )
     kept = sorted(d for d in os.listdir(os.path.join(crashed, "checkpoints")) if d.startswith("step_"))
     assert kept == ["step_00000018", "step_00000020"]  # keep_checkpoints=2
 
@@ -122,8 +143,13 @@ def test_resume_at_an_epoch_boundary_and_with_per_epoch_checkpoints(tiny_data, t
     manifest = json.load(open(os.path.join(straight, "checkpoints", "step_00000008", MANIFEST)))
     assert manifest["epoch"] == 1 and manifest["world_size"] == 1
     resumed = str(tmp_path / "resumed")
-    train(tiny_config(tiny_data, resumed, **{"train.resume": os.path.join(straight, "checkpoints", "step_00000008"),
-                                             "data.loader": loader}))
+    train(
+        tiny_config(
+            tiny_data,
+            resumed,
+            **{"train.resume": os.path.join(straight, "checkpoints", "step_00000008"), "data.loader": loader},
+        )
+    )
     assert_same_training(straight, resumed)
 
 
@@ -134,8 +160,14 @@ def _train_two_ranks(rank, world_size, data_dir, out_dir, extra):
 @pytest.fixture(scope="module")
 def two_rank_straight(tiny_data, tmp_path_factory):
     straight = str(tmp_path_factory.mktemp("two_rank") / "straight")
-    run_distributed(_train_two_ranks, 2, tiny_data, straight,
-                    {"output.checkpoint_every": 5, "output.keep_checkpoints": 5}, timeout_s=300)
+    run_distributed(
+        _train_two_ranks,
+        2,
+        tiny_data,
+        straight,
+        {"output.checkpoint_every": 5, "output.keep_checkpoints": 5},
+        timeout_s=300,
+    )
     return straight
 
 
@@ -159,8 +191,9 @@ def test_bad_checkpoints_are_errors_naming_the_file(tiny_data, tmp_path):
 
     # Another world size or per-rank batch is no longer an error: rank 1 of 2 gets the second half of the classes.
     saved = load_rank_state(step_dir, env, settings)["head"]["module"]["weight"]
-    resharded = load_rank_state(step_dir, DistEnv(rank=1, world_size=2),
-                                run_settings(tiny_config(tiny_data, out, **{"data.batch_size": 8}), 16))
+    resharded = load_rank_state(
+        step_dir, DistEnv(rank=1, world_size=2), run_settings(tiny_config(tiny_data, out, **{"data.batch_size": 8}), 16)
+    )
     assert torch.equal(resharded["head"]["module"]["weight"], saved[8:])
     with pytest.raises(CheckpointError, match=r"model.embedding_size was 64 .* but is 128 now"):
         load_rank_state(step_dir, env, run_settings(tiny_config(tiny_data, out, **{"model.embedding_size": 128}), 16))
@@ -219,8 +252,9 @@ def straight_run(tiny_data, tmp_path_factory):
 
 
 @pytest.mark.parametrize("how", ["truncated", "garbage", "manifest"])
-def test_auto_passes_over_a_damaged_checkpoint_for_the_previous_whole_one(tiny_data, straight_run, tmp_path,
-                                                                        monkeypatch, caplog, how):
+def test_auto_passes_over_a_damaged_checkpoint_for_the_previous_whole_one(
+    tiny_data, straight_run, tmp_path, monkeypatch, caplog, how
+):
     crashed = str(tmp_path / "crashed")
     crash_after(monkeypatch, 13)  # checkpoints at steps 9 and 12 are kept (keep_checkpoints=2)
     with pytest.raises(Crash):
@@ -267,8 +301,7 @@ def _damaged_on_rank_1(rank, world_size, data_dir, out_dir):
     if rank == 1:  # one rank's file only: both ranks must still agree on the same checkpoint
         damage(os.path.join(out_dir, "checkpoints", "step_00000010", rank_file(1)), "truncated")
     torch.distributed.barrier()  # before any rank reads the checkpoint
-    train(tiny_config(data_dir, out_dir, **{"output.checkpoint_every": 5, "train.resume": "auto"}),
-          env_from_group())
+    train(tiny_config(data_dir, out_dir, **{"output.checkpoint_every": 5, "train.resume": "auto"}), env_from_group())
 
 
 def test_two_ranks_agree_to_fall_back_when_one_rank_file_is_damaged(tiny_data, two_rank_straight, tmp_path):

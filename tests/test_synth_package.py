@@ -1,5 +1,6 @@
 """fr.synth renders exactly what the renderer rendered before it moved out of fr.data: digests of raw pixels,
 identity parameters and a whole `generate()` output, recorded from the old code."""
+
 import dataclasses
 import hashlib
 import importlib.util

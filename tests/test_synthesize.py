@@ -1,5 +1,6 @@
 """Synthetic data set on disk: insightface layout, balanced disjoint verification pairs, determinism, caching,
 and the data.synth rules shared by config loading and the generator."""
+
 import json
 import os
 import pickle
@@ -19,8 +20,28 @@ SMALL = dict(identities=6, per_identity=3, holdout_identities=5, pairs=40, seed=
 
 def test_layout_and_pairs(tmp_path):
     out = str(tmp_path / "set")
-    assert data_main(["synth", "--out", out, "--identities", "6", "--per-identity", "3",
-                      "--holdout-identities", "5", "--pairs", "40", "--seed", "4", "--workers", "1"]) == 0
+    assert (
+        data_main(
+            [
+                "synth",
+                "--out",
+                out,
+                "--identities",
+                "6",
+                "--per-identity",
+                "3",
+                "--holdout-identities",
+                "5",
+                "--pairs",
+                "40",
+                "--seed",
+                "4",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     rec = IndexedRecordIO(os.path.join(out, "train.idx"), os.path.join(out, "train.rec"), "r")
     header, _ = unpack(rec.read_idx(0))
     assert header.label.tolist() == [19.0, 25.0]  # 18 images, 6 identities
@@ -81,9 +102,20 @@ def test_pairs_must_fill_balanced_folds(tmp_path):
 
 
 # one bad value per data.synth field: zero or one identity, an odd or unbalanced pair count, negative numbers
-BAD_VALUES = [("identities", 0), ("per_identity", 0), ("holdout_identities", 1), ("pairs", 0), ("pairs", 10),
-              ("pairs", 30), ("pairs", -20), ("seed", -1), ("workers", -1), ("difficulty", -0.5),
-              ("difficulty", float("nan")), ("difficulty", float("inf"))]
+BAD_VALUES = [
+    ("identities", 0),
+    ("per_identity", 0),
+    ("holdout_identities", 1),
+    ("pairs", 0),
+    ("pairs", 10),
+    ("pairs", 30),
+    ("pairs", -20),
+    ("seed", -1),
+    ("workers", -1),
+    ("difficulty", -0.5),
+    ("difficulty", float("nan")),
+    ("difficulty", float("inf")),
+]
 
 
 @pytest.mark.parametrize("field,value", BAD_VALUES)
@@ -101,14 +133,21 @@ def test_each_synth_rule_names_its_key_in_config_loading_and_in_the_generator(fi
     assert str(generating.value) == message
     assert not out.exists()
     flag = f"--{field.replace('_', '-')}"
-    argv = ["synth", "--out", str(out), *[a for k, v in SMALL.items() if k != field
-                                          for a in (f"--{k.replace('_', '-')}", str(v))], flag, str(value)]
+    argv = [
+        "synth",
+        "--out",
+        str(out),
+        *[a for k, v in SMALL.items() if k != field for a in (f"--{k.replace('_', '-')}", str(v))],
+        flag,
+        str(value),
+    ]
     assert data_main(argv) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"fr-data: error: {message}"
 
 
 def test_the_smallest_valid_recipe_passes_every_rule():
-    SynthConfig(identities=1, per_identity=1, holdout_identities=2, pairs=20, seed=0, workers=0,
-                difficulty=0.0).validate()
+    SynthConfig(
+        identities=1, per_identity=1, holdout_identities=2, pairs=20, seed=0, workers=0, difficulty=0.0
+    ).validate()
     cfg = load_config(RECIPE, ["data.synth.pairs=20", "data.synth.holdout_identities=2", "data.synth.difficulty=0"])
     assert (cfg.data.synth.pairs, cfg.data.synth.holdout_identities) == (20, 2)

@@ -1,4 +1,5 @@
 """Tests of the procedural face renderer: determinism, split independence, identity signal."""
+
 import dataclasses
 
 import numpy as np

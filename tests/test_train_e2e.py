@@ -1,4 +1,5 @@
 """End to end: fr-train on a tiny synthetic set, single process and under torchrun with 2 gloo ranks."""
+
 import json
 import os
 import subprocess
@@ -17,7 +18,10 @@ def check_run_outputs(out_dir, expect_world):
     assert set(results["verification"]) == {"synthetic_val"}
     assert 0.0 <= results["verification"]["synthetic_val"]["accuracy"] <= 1.0
     assert "synthetic_val" in results["verification_untrained"]
-    assert results["environment"]["threads"] == torch.get_num_threads() and results["environment"]["torch"] == torch.__version__
+    assert (
+        results["environment"]["threads"] == torch.get_num_threads()
+        and results["environment"]["torch"] == torch.__version__
+    )
     cfg = load_file(os.path.join(out_dir, "config.json"))
     state = torch.load(os.path.join(out_dir, "model.pt"), map_location="cpu", weights_only=True)
     model = build_backbone(cfg.model.backbone, num_features=cfg.model.embedding_size, **cfg.model.kwargs)
@@ -46,8 +50,15 @@ def test_single_process_training_writes_checkpoint_and_results(tiny_run, tmp_pat
 def test_torchrun_two_ranks(tiny_run, tmp_path):
     out_dir = str(tmp_path / "ddp")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "fr.cli.train"] + tiny_run.argv(out_dir, **{"data.batch_size": 8})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "fr.cli.train",
+    ] + tiny_run.argv(out_dir, **{"data.batch_size": 8})
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     check_run_outputs(out_dir, expect_world=2)
@@ -60,7 +71,16 @@ def test_bad_config_key_is_one_line_error(tiny_run, capsys):
 
 
 def test_missing_data_directory_is_one_line_error(tiny_run, tmp_path, capsys):
-    assert train_main([tiny_run.recipe, "data.synthetic=false", f"data.root={tmp_path / 'nope'}",
-                       f"output.dir={tmp_path / 'out'}"]) == 2
+    assert (
+        train_main(
+            [
+                tiny_run.recipe,
+                "data.synthetic=false",
+                f"data.root={tmp_path / 'nope'}",
+                f"output.dir={tmp_path / 'out'}",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "data directory not found" in err

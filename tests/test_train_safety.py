@@ -1,5 +1,6 @@
 """fr-train's outputs and error boundary: an earlier run is never overwritten by surprise, every check runs
 before anything is written, a failed evaluation keeps the trained model, and the user's mistakes are one line."""
+
 import errno
 import json
 import os
@@ -102,8 +103,7 @@ def count_steps(monkeypatch):
     return calls
 
 
-def test_a_bin_with_fewer_pairs_than_folds_fails_before_training_and_writing(tiny_run, tmp_path, capsys,
-                                                                           monkeypatch):
+def test_a_bin_with_fewer_pairs_than_folds_fails_before_training_and_writing(tiny_run, tmp_path, capsys, monkeypatch):
     small = str(tmp_path / "two.bin")
     write_pairs(small, 2)
     out_dir = str(tmp_path / "run")
@@ -193,8 +193,12 @@ def test_stale_temporaries_of_fr_are_removed_and_foreign_files_stay(tiny_run, tm
     out_dir = tmp_path / "run"
     (out_dir / "checkpoints").mkdir(parents=True)
     stale = [out_dir / "checkpoints" / "latest.json.abc.tmp", out_dir / "config.json.x_1yz9q2.tmp"]
-    foreign = [out_dir / "notes.tmp.txt", out_dir / "latest.json.tmp", out_dir / "mine.json.abc.tmp",
-               out_dir / "checkpoints" / "latest.json.a.b.tmp"]
+    foreign = [
+        out_dir / "notes.tmp.txt",
+        out_dir / "latest.json.tmp",
+        out_dir / "mine.json.abc.tmp",
+        out_dir / "checkpoints" / "latest.json.a.b.tmp",
+    ]
     for path in stale + foreign:
         path.write_text("x")
     # A killed run is restarted with train.resume=auto; it had no complete checkpoint yet.
@@ -208,6 +212,7 @@ def test_a_real_bug_keeps_its_traceback(tiny_run, tmp_path, monkeypatch):
     import fr.train.run as run
 
     for error in (ValueError("a bug, not a setting"), TypeError("another bug")):
+
         def buggy(*args, error=error, **kwargs):
             raise error
 

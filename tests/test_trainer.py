@@ -1,5 +1,6 @@
 """Trainer and optimisation: LR schedule formula, exact vs arcface_torch backbone gradients over 2 ranks, the
 strategy seam (registry, split optimizers, backbone-only clipping), one host read per step."""
+
 import copy
 import math
 
@@ -54,8 +55,9 @@ def make_trainer(backbone, head, env, loader=None, lr=0.5, amp_dtype=None, metri
     strategy = DDPStrategy(backbone, env, lambda groups: torch.optim.SGD(groups, lr=lr), constant, amp_dtype)
     head_optimizer = torch.optim.SGD(head.parameters(), lr=lr)
     options = TrainOptions(**{"total_steps": 1, "log_every": 1, **options})
-    return Trainer(strategy, Head(head, head_optimizer, constant(head_optimizer)), loader, None, options,
-                   metrics=metrics)
+    return Trainer(
+        strategy, Head(head, head_optimizer, constant(head_optimizer)), loader, None, options, metrics=metrics
+    )
 
 
 def one_step(backbone, head, env, images, labels, exact):
@@ -72,7 +74,7 @@ def _two_rank_step(rank, world_size, exact):
     # Same class centres as the single process: copy this rank's shard of a dense head.
     dense_backbone, dense_head = make_parts(DistEnv())
     with torch.no_grad():
-        head.weight.copy_(dense_head.weight[head.class_start:head.class_start + head.num_local])
+        head.weight.copy_(dense_head.weight[head.class_start : head.class_start + head.num_local])
     return one_step(backbone, head, env, images[part], labels[part], exact)
 
 
@@ -87,7 +89,7 @@ def test_backbone_update_over_two_ranks(exact):
         assert loss == pytest.approx(dense_loss, rel=1e-5)
         if exact:  # the gradient of the global-batch loss, as one process with the whole batch
             torch.testing.assert_close(after, dense_after, rtol=1e-5, atol=1e-6)
-        else:      # arcface_torch semantics: DDP averages, so the backbone step is 1/world of it
+        else:  # arcface_torch semantics: DDP averages, so the backbone step is 1/world of it
             torch.testing.assert_close(after - before, (dense_after - before) / 2, rtol=1e-5, atol=1e-6)
 
 
@@ -101,8 +103,13 @@ def test_the_two_optimizers_step_as_one_sgd_over_both_groups():
     schedule = lambda optimizer: build_scheduler(optimizer, cfg, total_steps=4, warmup_steps=1)
     strategy = DDPStrategy(backbone, DistEnv(), lambda groups: build_optimizer(groups, cfg), schedule)
     head_optimizer = build_optimizer([{"params": head.parameters()}], cfg)
-    trainer = Trainer(strategy, Head(head, head_optimizer, schedule(head_optimizer)), None, None,
-                      TrainOptions(total_steps=3, clip_grad_norm=0.0))
+    trainer = Trainer(
+        strategy,
+        Head(head, head_optimizer, schedule(head_optimizer)),
+        None,
+        None,
+        TrainOptions(total_steps=3, clip_grad_norm=0.0),
+    )
     joint = build_optimizer([{"params": twin_backbone.parameters()}, {"params": twin_head.parameters()}], cfg)
     joint_schedule = schedule(joint)
     for _ in range(3):
@@ -188,8 +195,9 @@ def test_loader_and_loss_statistics_reach_the_logs():
         def scalars(self, step, values):
             logged.update(values)
 
-    trainer = make_trainer(backbone, head, DistEnv(), Loader([(images, labels)]), lr=0.1,
-                           metrics=Metrics(None, 8, 1, enabled=True))
+    trainer = make_trainer(
+        backbone, head, DistEnv(), Loader([(images, labels)]), lr=0.1, metrics=Metrics(None, 8, 1, enabled=True)
+    )
     trainer.fit()
     assert logged["data/skipped_records"] == 3.0 and logged["train/skipped_steps"] == 0.0
     stats = head.margin_loss.last_stats
@@ -208,14 +216,24 @@ def test_a_step_reads_the_host_once_and_the_loss_only_at_log_steps(monkeypatch):
     head = PartialFC(build_loss("cosface"), D, CLASSES, env=DistEnv(), seed=1)  # sample_rate 1: no draws
     images, labels = data()
     metrics = MetricLogger(None, 8, 10, enabled=False)
-    trainer = make_trainer(backbone, head, DistEnv(), Loader([(images, labels)] * 10), lr=0.1, metrics=metrics,
-                           total_steps=10, log_every=5, clip_grad_norm=5.0)
+    trainer = make_trainer(
+        backbone,
+        head,
+        DistEnv(),
+        Loader([(images, labels)] * 10),
+        lr=0.1,
+        metrics=metrics,
+        total_steps=10,
+        log_every=5,
+        clip_grad_norm=5.0,
+    )
     trainer.stop_requested = lambda: 0
     reads = []
     for name in HOST_READS:
         original = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: reads.append(_n)
-                            or _o(self, *a, **k))
+        monkeypatch.setattr(
+            torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: reads.append(_n) or _o(self, *a, **k)
+        )
     per_step = []
     original_step = Trainer.train_step
 

@@ -1,4 +1,5 @@
 """Tests for evaluation.verification (insightface 10-fold protocol) and evaluation.embed (flip-sum embedding)."""
+
 import json
 import math
 import statistics
@@ -76,8 +77,9 @@ def reference_protocol(emb, issame, nrof_folds=10):
         v, f = ref_val_far(dist[test], issame[test], thr)
         vals.append(v)
         fars.append(f)
-    return dict(accs=np.array(accs), thrs=np.array(best_thrs),
-                val=np.mean(vals), val_std=np.std(vals), far=np.mean(fars))
+    return dict(
+        accs=np.array(accs), thrs=np.array(best_thrs), val=np.mean(vals), val_std=np.std(vals), far=np.mean(fars)
+    )
 
 
 def random_pairs(n_pairs, dim, seed, noise=1.0, p_same=0.5):
@@ -310,8 +312,9 @@ def test_embed_images_flip_sum_matches_independent_computation():
     got = embed_images(model, images, batch_size=3)
     assert got.dtype == np.float32 and got.shape == (7, 5)
     np.testing.assert_allclose(got, ref_linear(model, images, flip=True), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(embed_images(model, images, flip=False), ref_linear(model, images, flip=False),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        embed_images(model, images, flip=False), ref_linear(model, images, flip=False), rtol=1e-5, atol=1e-5
+    )
     # The flip is horizontal: it must differ from the unflipped embedding for asymmetric images.
     assert not np.allclose(ref_linear(model, images, True), 2 * ref_linear(model, images, False))
 
@@ -374,7 +377,7 @@ def test_roc_and_auc_match_sklearn_on_negated_distances():
     emb = rng.normal(size=(400, 16))
     emb[1::2] += 2.0 * emb[0::2] * (rng.random(200) < 0.5)[:, None]
     issame = np.zeros(200, bool)
-    issame[: 100] = True
+    issame[:100] = True
     rng.shuffle(issame)
     emb[1::2][issame] = emb[0::2][issame] + 0.8 * rng.normal(size=(100, 16))
     result = evaluate(emb, issame)

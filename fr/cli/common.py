@@ -1,4 +1,5 @@
 """Shared command-line plumbing: logging set-up and turning the user's mistakes into one-line messages."""
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,13 @@ def setup_logging(verbose: bool = False) -> None:
     """Console logging; ranks other than 0 (under torchrun) only report warnings."""
     rank = process_rank()
     level = logging.DEBUG if verbose else (logging.INFO if rank == 0 else logging.WARNING)
-    logging.basicConfig(level=level, format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stdout, force=True)
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stdout,
+        force=True,
+    )
 
 
 def user_message(exc: BaseException) -> Optional[str]:

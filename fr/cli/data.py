@@ -1,4 +1,5 @@
 """fr-data: data-set tools: `synth`, `info`, `verify`, `pack` and `shuffle` for record files."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,12 +14,26 @@ def _synth(args: argparse.Namespace) -> int:
     from fr.config import SynthConfig
     from fr.synth.dataset import generate
 
-    cfg = SynthConfig(identities=args.identities, per_identity=args.per_identity,
-                      holdout_identities=args.holdout_identities, pairs=args.pairs, seed=args.seed,
-                      workers=args.workers, difficulty=args.difficulty)
+    cfg = SynthConfig(
+        identities=args.identities,
+        per_identity=args.per_identity,
+        holdout_identities=args.holdout_identities,
+        pairs=args.pairs,
+        seed=args.seed,
+        workers=args.workers,
+        difficulty=args.difficulty,
+    )
     generate(args.out, cfg, command="fr-data synth")
-    print(json.dumps({"out": args.out, "images": cfg.identities * cfg.per_identity,
-                      "identities": cfg.identities, "pairs": cfg.pairs}))
+    print(
+        json.dumps(
+            {
+                "out": args.out,
+                "images": cfg.identities * cfg.per_identity,
+                "identities": cfg.identities,
+                "pairs": cfg.pairs,
+            }
+        )
+    )
     return 0
 
 
@@ -58,8 +73,14 @@ def _verify(args: argparse.Namespace) -> int:
 
     progress = None if args.json else (lambda keys: tqdm(keys, unit="img", desc="verify", file=sys.stderr))
     report = verify_dir(args.dir, get_decoder("auto"), progress=progress)
-    info = {"dir": args.dir, "records": report.records, "images": report.images, "ok": report.ok,
-            "skipped_records": len(report.skipped), "errors": len(report.errors)}
+    info = {
+        "dir": args.dir,
+        "records": report.records,
+        "images": report.images,
+        "ok": report.ok,
+        "skipped_records": len(report.skipped),
+        "errors": len(report.errors),
+    }
     if args.json:
         print(json.dumps({**info, "messages": {"skipped_records": report.skipped, "errors": report.errors}}))
     else:
@@ -78,8 +99,15 @@ def _pack(args: argparse.Namespace) -> int:
         raise UsageError("fr-data pack needs exactly one of --folder DIR or --lst FILE")
     source = args.folder or args.lst
     items = list_image_folder(args.folder) if args.folder else read_lst(args.lst, args.image_root)
-    result = pack_images(group_by_label(items, source), args.out, size=args.size, quality=args.quality,
-                         workers=args.workers, progress=not args.quiet, sources=[source])
+    result = pack_images(
+        group_by_label(items, source),
+        args.out,
+        size=args.size,
+        quality=args.quality,
+        workers=args.workers,
+        progress=not args.quiet,
+        sources=[source],
+    )
     print(json.dumps({**result, "failed": len(result["failed"])}))
     return 0 if not result["failed"] else 1
 
@@ -112,8 +140,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=_info)
 
-    verify = sub.add_parser("verify", help="scan every record: the records training would skip and the file's "
-                                           "errors; exit status 1 when there is either")
+    verify = sub.add_parser(
+        "verify",
+        help="scan every record: the records training would skip and the file's "
+        "errors; exit status 1 when there is either",
+    )
     verify.add_argument("dir", help="directory holding train.rec/train.idx")
     verify.add_argument("--json", action="store_true", help="print JSON (with every message)")
     verify.set_defaults(func=_verify)

@@ -1,4 +1,5 @@
 """fr-eval: evaluate a checkpoint. `verify` runs the LFW-style protocol on .bin sets, `ijb` IJB-B/IJB-C 1:1 and 1:N."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,9 @@ def _load_model(args: argparse.Namespace, device=None):
     from fr.train.model_file import load_backbone
 
     device = device or choose_device(args.device, 0)
-    return load_backbone(args.checkpoint, backbone=args.backbone, embedding_size=args.embedding_size,
-                         device=device), device
+    return load_backbone(
+        args.checkpoint, backbone=args.backbone, embedding_size=args.embedding_size, device=device
+    ), device
 
 
 def _bin_paths(args: argparse.Namespace) -> List[str]:
@@ -57,8 +59,10 @@ def _verify(args: argparse.Namespace) -> int:
             rows[name] = verify_bin(model, path, batch_size=args.batch_size, device=device).to_dict()
     print(f"{'set':<16}{'accuracy':>10}{'std':>10}{'xnorm':>10}{'TAR@1e-3':>10}{'AUC':>10}")
     for name, row in rows.items():
-        print(f"{name:<16}{row['accuracy']:>10.5f}{row['std']:>10.5f}{row['xnorm']:>10.3f}"
-              f"{row['val']:>10.5f}{row['auc'] if row['auc'] is not None else float('nan'):>10.5f}")
+        print(
+            f"{name:<16}{row['accuracy']:>10.5f}{row['std']:>10.5f}{row['xnorm']:>10.3f}"
+            f"{row['val']:>10.5f}{row['auc'] if row['auc'] is not None else float('nan'):>10.5f}"
+        )
     if args.json:
         atomic_write_json(args.json, {"checkpoint": args.checkpoint, "results": rows})
     return 0
@@ -86,9 +90,13 @@ def _ijb_features(args: argparse.Namespace, meta):
     model, device = _load_model(args, env.device)
     rows = shard_rows(len(meta.names), env.rank, env.world_size)
     with torch.inference_mode():
-        local = embed_meta(meta, lambda batch: embed_images(model, batch, batch_size=args.batch_size,
-                                                            device=device, flip=False),
-                           batch_size=args.batch_size, rows=rows, progress=env.is_main and sys.stderr.isatty())
+        local = embed_meta(
+            meta,
+            lambda batch: embed_images(model, batch, batch_size=args.batch_size, device=device, flip=False),
+            batch_size=args.batch_size,
+            rows=rows,
+            progress=env.is_main and sys.stderr.isatty(),
+        )
     gather_device = env.device if env.device.type == "cuda" else None
     raw = gather_rows(local, len(meta.names), env.rank, env.world_size, gather_device)
     if raw is None:  # not rank 0: its part is done
@@ -106,10 +114,16 @@ def _ijb(args: argparse.Namespace) -> int:
     if raw is None:
         return 0
     modes = dict(flip=not args.no_flip, norm=not args.no_norm, detector=not args.no_detector)
-    payload = {"checkpoint": args.checkpoint, "features": args.features, "target": args.target,
-               "protocol": args.protocol, "modes": modes}
-    options = dict(drop_nonfinite=args.drop_nonfinite,
-                   source=args.features or f"the features embedded from {args.checkpoint}")
+    payload = {
+        "checkpoint": args.checkpoint,
+        "features": args.features,
+        "target": args.target,
+        "protocol": args.protocol,
+        "modes": modes,
+    }
+    options = dict(
+        drop_nonfinite=args.drop_nonfinite, source=args.features or f"the features embedded from {args.checkpoint}"
+    )
     if args.protocol == "11":
         report = evaluate_11(meta, raw, **modes, **options)
         payload.update(report.to_dict())
@@ -127,14 +141,17 @@ def _ijb(args: argparse.Namespace) -> int:
 
         results = evaluate_1n(meta, raw, **modes, **options)
         payload.update(results)
-        print(f"{args.target} 1:N  {'gallery':<8}{'rank1':>8}{'rank5':>8}{'rank10':>8}"
-              f"{'TPIR@1e-2':>11}{'TPIR@1e-1':>11}")
+        print(
+            f"{args.target} 1:N  {'gallery':<8}{'rank1':>8}{'rank5':>8}{'rank10':>8}{'TPIR@1e-2':>11}{'TPIR@1e-1':>11}"
+        )
         for name, res in results.items():
             if name == "dropped":
                 continue
             cmc, tpir = res["cmc"], res["tpir_at_fpir"]
-            print(f"{'':<9}{name:<8}{cmc['rank1']:>8.2f}{cmc['rank5']:>8.2f}{cmc['rank10']:>8.2f}"
-                  f"{tpir['1e-02']:>11.2f}{tpir['1e-01']:>11.2f}")
+            print(
+                f"{'':<9}{name:<8}{cmc['rank1']:>8.2f}{cmc['rank5']:>8.2f}{cmc['rank10']:>8.2f}"
+                f"{tpir['1e-02']:>11.2f}{tpir['1e-01']:>11.2f}"
+            )
         _print_dropped(results["dropped"])
     if args.json:
         atomic_write_json(args.json, payload)
@@ -148,8 +165,9 @@ def _print_dropped(dropped: dict) -> None:
 
 
 def _model_args(parser: argparse.ArgumentParser, required: bool) -> None:
-    parser.add_argument("--checkpoint", required=required,
-                        help="a run directory, a model.pt state_dict, or an .onnx file")
+    parser.add_argument(
+        "--checkpoint", required=required, help="a run directory, a model.pt state_dict, or an .onnx file"
+    )
     parser.add_argument("--backbone", help="backbone name when the checkpoint has no config.json beside it")
     parser.add_argument("--embedding-size", type=int, help="embedding size (default: from config.json, else 512)")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -178,9 +196,12 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ijb.add_argument("--no-flip", action="store_true", help="original view only (F1 off)")
     ijb.add_argument("--no-norm", action="store_true", help="L2-normalise image features (N1 off)")
     ijb.add_argument("--no-detector", action="store_true", help="ignore detector scores (D1 off)")
-    ijb.add_argument("--drop-nonfinite", action="store_true",
-                     help="leave out images whose features hold NaN/inf (and templates left without images), "
-                          "counted in the report, instead of stopping with an error")
+    ijb.add_argument(
+        "--drop-nonfinite",
+        action="store_true",
+        help="leave out images whose features hold NaN/inf (and templates left without images), "
+        "counted in the report, instead of stopping with an error",
+    )
     ijb.set_defaults(func=_ijb)
     return parser.parse_args(argv)
 

@@ -1,4 +1,5 @@
 """fr-train CONFIG [key=value ...]: train a face-recognition model (single process or under torchrun)."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,8 +12,10 @@ from fr.cli.common import run_cli, setup_logging
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="fr-train", description="Train with a recipe from configs/ and key=value overrides, "
-        "e.g. fr-train configs/synthetic.py optim.lr=0.05 loss.name=cosface")
+        prog="fr-train",
+        description="Train with a recipe from configs/ and key=value overrides, "
+        "e.g. fr-train configs/synthetic.py optim.lr=0.05 loss.name=cosface",
+    )
     parser.add_argument("config", help="a recipe .py (defining `config`) or a saved config.json")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of any config field")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

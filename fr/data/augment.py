@@ -2,6 +2,7 @@
 
 Each is applied with probability `P` to an RGB uint8 HxWx3 array; `data.augment` lists the names to use.
 """
+
 from __future__ import annotations
 
 from typing import Callable, List, Optional, Sequence
@@ -14,10 +15,10 @@ from fr.registry import Registry
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 AUGMENTS = Registry("augmentation")  # name -> Augment
 
-P = 0.2           # probability of each augmentation per image
+P = 0.2  # probability of each augmentation per image
 SCALE = (0.2, 0.8)  # down-and-up resize: intermediate size as a fraction of the side
 SIGMA = (0.5, 2.0)  # gaussian blur sigma, pixels
-HUE = 0.1          # hue jitter, fraction of the colour circle
+HUE = 0.1  # hue jitter, fraction of the colour circle
 SATURATION = (0.6, 1.4)
 
 

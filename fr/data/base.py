@@ -1,5 +1,6 @@
 """What the data modules share below the loaders: the data-set error, each epoch's global sample order, and a
 loader's position in it."""
+
 from __future__ import annotations
 
 import logging
@@ -35,7 +36,7 @@ def rank_batches(order: np.ndarray, batch: int, world: int, rank: int) -> np.nda
     `order[g * B:(g + 1) * B]` with B = batch * world, and rank r takes its r-th slice of `batch` samples. The
     last incomplete global batch is dropped, so every rank has `len(order) // B` batches."""
     steps = len(order) // (batch * world)
-    return order[:steps * batch * world].reshape(steps, world, batch)[:, rank]
+    return order[: steps * batch * world].reshape(steps, world, batch)[:, rank]
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -94,8 +95,13 @@ class EpochPosition:
     def position(self) -> Dict[str, int]:
         """The position as saved in checkpoints: epoch, the global sample offset in its order, the global batch
         it was taken with, the seed of the order, and the run's step."""
-        return {"epoch": self.epoch, "offset": self.consumed * self.global_batch, "global_batch": self.global_batch,
-                "seed": self.seed, "step": self.step}
+        return {
+            "epoch": self.epoch,
+            "offset": self.consumed * self.global_batch,
+            "global_batch": self.global_batch,
+            "seed": self.seed,
+            "step": self.step,
+        }
 
     def restore_position(self, state: Mapping[str, int]) -> None:
         """Continue at the position `state` (from `position()`) names, whatever world size wrote it.
@@ -112,15 +118,31 @@ class EpochPosition:
         offset = int(state["offset"]) if "offset" in state else int(state["consumed"]) * saved_batch
         epoch, step, seed = int(state["epoch"]), int(state.get("step", 0)), int(state.get("seed", self.seed))
         if seed != self.seed:
-            log.warning("data: the checkpoint's sample order was drawn with seed %d, not the configured %d: the "
-                        "resumed run continues the checkpoint's order", seed, self.seed)
+            log.warning(
+                "data: the checkpoint's sample order was drawn with seed %d, not the configured %d: the "
+                "resumed run continues the checkpoint's order",
+                seed,
+                self.seed,
+            )
         consumed = min(-(-offset // self.global_batch), self.steps)
         if saved_batch != self.global_batch:
             at = consumed * self.global_batch
-            where = (f"epoch {epoch} continues at sample {at} of its order ({at - offset} samples skipped)"
-                     if consumed < self.steps else f"epoch {epoch} ends there ({self.steps} batches fit in it)")
-            log.warning("data: the checkpoint was taken with a global batch of %d images at sample %d of epoch %d; "
-                        "this run's global batch is %d (%d ranks x %d): from step %d on, the batches differ from "
-                        "the checkpointed run's: %s", saved_batch, offset, epoch, self.global_batch, self.world,
-                        self.batch_size, step + 1, where)
+            where = (
+                f"epoch {epoch} continues at sample {at} of its order ({at - offset} samples skipped)"
+                if consumed < self.steps
+                else f"epoch {epoch} ends there ({self.steps} batches fit in it)"
+            )
+            log.warning(
+                "data: the checkpoint was taken with a global batch of %d images at sample %d of epoch %d; "
+                "this run's global batch is %d (%d ranks x %d): from step %d on, the batches differ from "
+                "the checkpointed run's: %s",
+                saved_batch,
+                offset,
+                epoch,
+                self.global_batch,
+                self.world,
+                self.batch_size,
+                step + 1,
+                where,
+            )
         self.epoch, self.consumed, self.step, self.seed = epoch, consumed, step, seed

@@ -3,6 +3,7 @@ here and fed to the pipeline through an external source; mixed GPU decode, or a 
 
 The user's `train.rec` is read in place at the offsets of the checked image-only index of fr.data.image_index.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,9 +28,18 @@ CHECK_BATCH = 64  # images per DALI run when looking for the records DALI cannot
 KEEP_FED = 8  # batches whose records the feed remembers: more than the pipeline holds before returning one
 
 
-def _build_pipeline(feed: "_Feed", batch_size: int, device_id: Optional[int], num_threads: int, seed: int,
-                    image_size: int, augment: Sequence[str], checkpoint: Optional[bytes], resize: bool,
-                    host_flip: bool):
+def _build_pipeline(
+    feed: "_Feed",
+    batch_size: int,
+    device_id: Optional[int],
+    num_threads: int,
+    seed: int,
+    image_size: int,
+    augment: Sequence[str],
+    checkpoint: Optional[bytes],
+    resize: bool,
+    host_flip: bool,
+):
     from nvidia.dali import fn, pipeline_def, types
 
     from fr.data.dali_augment import apply_augments
@@ -38,8 +48,9 @@ def _build_pipeline(feed: "_Feed", batch_size: int, device_id: Optional[int], nu
 
     @pipeline_def(enable_checkpointing=True)  # the augmentations' random state; the feed keeps the position
     def pipeline():
-        jpegs, labels, flips = fn.external_source(source=feed, num_outputs=3, batch=True, batch_info=True,
-                                                  dtype=[types.UINT8, types.INT64, types.INT32])
+        jpegs, labels, flips = fn.external_source(
+            source=feed, num_outputs=3, batch=True, batch_info=True, dtype=[types.UINT8, types.INT64, types.INT32]
+        )
         images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
         if resize:  # only when some image differs from data.image_size: even a no-op resize is costly
             images = fn.resize(images, resize_x=image_size, resize_y=image_size)
@@ -55,8 +66,9 @@ def _build_pipeline(feed: "_Feed", batch_size: int, device_id: Optional[int], nu
         return images, labels
 
     kwargs = {"checkpoint": checkpoint} if checkpoint else {}
-    pipe = pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
-                    prefetch_queue_depth=2, **kwargs)
+    pipe = pipeline(
+        batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed, prefetch_queue_depth=2, **kwargs
+    )
     pipe.build()
     return pipe
 
@@ -71,8 +83,21 @@ class _Feed:
     `fed` remembers the records of the last batches handed to DALI, for the search after a failure.
     """
 
-    def __init__(self, rec_path: str, keys: np.ndarray, offsets: np.ndarray, *, seed: int, batch_size: int,
-                 world: int, rank: int, flip: bool, skip: Set[int], epoch: int, batch: int):
+    def __init__(
+        self,
+        rec_path: str,
+        keys: np.ndarray,
+        offsets: np.ndarray,
+        *,
+        seed: int,
+        batch_size: int,
+        world: int,
+        rank: int,
+        flip: bool,
+        skip: Set[int],
+        epoch: int,
+        batch: int,
+    ):
         self.reader = MXRecordIO(rec_path, "r")
         self.keys, self.offsets, self.skip = keys, offsets, skip
         self.seed, self.batch_size, self.world, self.rank, self.flip = seed, batch_size, world, rank, flip
@@ -111,8 +136,10 @@ class _Feed:
             record = (index + attempt) % len(self.keys)
             if int(self.keys[record]) not in self.skip:
                 return record
-        raise DataError(f"{self.reader.uri}: {MAX_REPLACEMENTS + 1} consecutive records from key "
-                        f"{int(self.keys[index])} cannot be decoded by DALI; run `fr-data verify` on the data")
+        raise DataError(
+            f"{self.reader.uri}: {MAX_REPLACEMENTS + 1} consecutive records from key "
+            f"{int(self.keys[index])} cannot be decoded by DALI; run `fr-data verify` on the data"
+        )
 
     def close(self) -> None:
         self.reader.close()
@@ -144,9 +171,19 @@ class DaliLoader(EpochPosition):
     index, so later runs skip them from the start.
     """
 
-    def __init__(self, root: str, batch_size: int, env: DistEnv, seed: int = 0, num_threads: int = 2,
-                 num_classes: int = 0, image_size: int = 112, augment: Sequence[str] = (), cache_dir: str = "",
-                 flip: bool = True):
+    def __init__(
+        self,
+        root: str,
+        batch_size: int,
+        env: DistEnv,
+        seed: int = 0,
+        num_threads: int = 2,
+        num_classes: int = 0,
+        image_size: int = 112,
+        augment: Sequence[str] = (),
+        cache_dir: str = "",
+        flip: bool = True,
+    ):
         self.rec_path, _ = record_paths(root)
         self.index = build_index(root, num_classes, cache_dir)
         self.keys, self.offsets = read_index_entries(self.index.path)
@@ -155,23 +192,40 @@ class DaliLoader(EpochPosition):
         self.batch_size, self.world, self.rank, self.seed, self.flip = batch_size, env.world_size, env.rank, seed, flip
         self.steps = self.index.images // self.global_batch
         if self.steps < 1:
-            raise DataError(f"data.batch_size={batch_size} on {env.world_size} ranks is a global batch of "
-                            f"{self.global_batch} images, more than the data set holds ({self.index.images})")
+            raise DataError(
+                f"data.batch_size={batch_size} on {env.world_size} ranks is a global batch of "
+                f"{self.global_batch} images, more than the data set holds ({self.index.images})"
+            )
         device_id = (self.device.index or 0) if self.device.type == "cuda" else None
         opencv = _opencv() if device_id is None else None  # looked up once: a failed import is not cached
         self._to_batch: Callable = _device_batch if device_id is not None else partial(_cpu_batch, opencv=opencv)
-        self._args = dict(batch_size=batch_size, device_id=device_id, num_threads=num_threads, seed=seed + env.rank,
-                          image_size=image_size, augment=list(augment),
-                          resize=set(self.index.sizes) != {(image_size, image_size)}, host_flip=opencv is not None)
+        self._args = dict(
+            batch_size=batch_size,
+            device_id=device_id,
+            num_threads=num_threads,
+            seed=seed + env.rank,
+            image_size=image_size,
+            augment=list(augment),
+            resize=set(self.index.sizes) != {(image_size, image_size)},
+            host_flip=opencv is not None,
+        )
         self.skipped_keys = self._known_skipped()  # keys DALI cannot decode
         self.feed: Optional[_Feed] = None
         self._start(checkpoint=None)
 
     @classmethod
     def from_config(cls, cfg, env: DistEnv, seed: int) -> "DaliLoader":
-        return cls(cfg.root, cfg.batch_size, env, seed=seed, num_threads=max(1, cfg.num_workers),
-                   num_classes=cfg.num_classes, image_size=cfg.image_size, augment=cfg.augment,
-                   cache_dir=cfg.cache_dir)
+        return cls(
+            cfg.root,
+            cfg.batch_size,
+            env,
+            seed=seed,
+            num_threads=max(1, cfg.num_workers),
+            num_classes=cfg.num_classes,
+            image_size=cfg.image_size,
+            augment=cfg.augment,
+            cache_dir=cfg.cache_dir,
+        )
 
     @property
     def skipped(self) -> int:
@@ -198,8 +252,12 @@ class DaliLoader(EpochPosition):
 
     def state_dict(self) -> Dict[str, object]:
         in_step = self._normal(*self._at) == self._normal(self.epoch, self.consumed)
-        return {**self.position(), "world": self.world, "skipped_keys": list(self.skipped_keys),
-                "dali_checkpoint": self.pipe.checkpoint() if in_step else None}
+        return {
+            **self.position(),
+            "world": self.world,
+            "skipped_keys": list(self.skipped_keys),
+            "dali_checkpoint": self.pipe.checkpoint() if in_step else None,
+        }
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         """Continue at the saved position (`EpochPosition.restore_position`), from the saved pipeline checkpoint
@@ -218,8 +276,12 @@ class DaliLoader(EpochPosition):
         """The keys DALI failed to decode in an earlier run over the same index (on any rank)."""
         known = sorted(read_skipped(self.index.path))
         if known:
-            log.warning("rank %d: %d records skipped: DALI failed to decode them in an earlier run (listed in %s)",
-                        self.rank, len(known), skipped_path(self.index.path))
+            log.warning(
+                "rank %d: %d records skipped: DALI failed to decode them in an earlier run (listed in %s)",
+                self.rank,
+                len(known),
+                skipped_path(self.index.path),
+            )
         return known
 
     def _start(self, checkpoint: Optional[bytes], at: Optional[Tuple[int, int]] = None) -> None:
@@ -228,9 +290,19 @@ class DaliLoader(EpochPosition):
         if self.feed is not None:
             self.feed.close()
         epoch, batch = at or self._normal(self.epoch, self.consumed)
-        self.feed = _Feed(self.rec_path, self.keys, self.offsets, seed=self.seed, batch_size=self.batch_size,
-                          world=self.world, rank=self.rank, flip=self.flip, skip=set(self.skipped_keys),
-                          epoch=epoch, batch=batch)
+        self.feed = _Feed(
+            self.rec_path,
+            self.keys,
+            self.offsets,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            world=self.world,
+            rank=self.rank,
+            flip=self.flip,
+            skip=set(self.skipped_keys),
+            epoch=epoch,
+            batch=batch,
+        )
         self.pipe = _build_pipeline(self.feed, checkpoint=checkpoint, **self._args)
         self._at = (epoch, batch)  # the batch the pipeline's next run returns
         self._base = (epoch, batch, checkpoint or self.pipe.checkpoint())  # where a failure rebuilds it
@@ -258,20 +330,29 @@ class DaliLoader(EpochPosition):
         failed = self.feed.fed.get(self._at, [])
         found.update(failed[int(i)][0] for i in re.findall(r"sample #(\d+)", str(error)) if int(i) < len(failed))
         if not found:
-            raise DataError(f"{self.rec_path}: the DALI pipeline of rank {self.rank} failed ({_reason(error)}), but "
-                            f"no record it was reading fails to decode on its own") from error
+            raise DataError(
+                f"{self.rec_path}: the DALI pipeline of rank {self.rank} failed ({_reason(error)}), but "
+                f"no record it was reading fails to decode on its own"
+            ) from error
         for key in sorted(found):
             log.warning("skipping record %d of %s: DALI cannot decode its image", key, self.rec_path)
         decoder = "cpu" if self._args["device_id"] is None else "mixed"
-        add_skipped(self.index.path, {key: f"DALI's {decoder} decoder failed on it (rank {self.rank} of {self.world})"
-                                      for key in found})
+        add_skipped(
+            self.index.path,
+            {key: f"DALI's {decoder} decoder failed on it (rank {self.rank} of {self.world})" for key in found},
+        )
         self.skipped_keys.extend(sorted(found - set(self.skipped_keys)))
         if self._args["augment"]:  # their random state: run up to the failed batch again from the last checkpoint
             epoch, batch, checkpoint = self._base
         else:  # nothing in the pipeline is random: it can start at the failed batch
             (epoch, batch), checkpoint = self._at, None
-        log.warning("rank %d: skipped %d records DALI cannot decode; reading epoch %d again from batch %d",
-                    self.rank, len(found), epoch, batch + 1)
+        log.warning(
+            "rank %d: skipped %d records DALI cannot decode; reading epoch %d again from batch %d",
+            self.rank,
+            len(found),
+            epoch,
+            batch + 1,
+        )
         self._start(checkpoint=checkpoint, at=(epoch, batch))
 
 
@@ -282,8 +363,9 @@ def _reason(error: RuntimeError) -> str:
     return (after or lines or [repr(error)])[0]
 
 
-def undecodable_records(rec_path: str, entries: Sequence[Tuple[int, int]], device_id: Optional[int],
-                        num_threads: int) -> List[int]:
+def undecodable_records(
+    rec_path: str, entries: Sequence[Tuple[int, int]], device_id: Optional[int], num_threads: int
+) -> List[int]:
     """Keys among (key, offset) `entries` whose image DALI's decoder rejects, found by DALI itself.
 
     Images are decoded CHECK_BATCH at a time; a batch that fails is split in halves until the failing
@@ -316,15 +398,21 @@ def _check_chunk(chunk, pipe, found: List[int], device_id, num_threads):
         if len(part) == 1:
             found.append(part[0][0])
         else:
-            pending += [part[len(part) // 2:], part[:len(part) // 2]]
+            pending += [part[len(part) // 2 :], part[: len(part) // 2]]
     return pipe
 
 
 def _decoder_pipeline(device_id: Optional[int], num_threads: int):
     from nvidia.dali import fn, pipeline_def, types
 
-    @pipeline_def(batch_size=CHECK_BATCH, num_threads=num_threads, device_id=device_id, exec_async=False,
-                  exec_pipelined=False, prefetch_queue_depth=1)
+    @pipeline_def(
+        batch_size=CHECK_BATCH,
+        num_threads=num_threads,
+        device_id=device_id,
+        exec_async=False,
+        exec_pipelined=False,
+        prefetch_queue_depth=1,
+    )
     def pipeline():
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
         return fn.decoders.image(encoded, device="cpu" if device_id is None else "mixed", output_type=types.RGB)
@@ -353,8 +441,7 @@ def _opencv():
     return cv2
 
 
-def _cpu_batch(device: torch.device, images, labels, flips=None, *,
-               opencv=None) -> Tuple[torch.Tensor, torch.Tensor]:
+def _cpu_batch(device: torch.device, images, labels, flips=None, *, opencv=None) -> Tuple[torch.Tensor, torch.Tensor]:
     """DALI CPU outputs as (float [-1, 1] NCHW in channels_last memory, int64 labels), converted on the host.
 
     Not by torch: its elementwise kernels wake OpenMP threads that spin on the cores DALI's decoding threads need,

@@ -1,9 +1,10 @@
 """The optional augmentations of fr.data.augment as DALI graph operations (names as in `data.augment`)."""
+
 from __future__ import annotations
 
 from typing import Sequence
 
-from fr.data.augment import HUE, P, SATURATION, SCALE, SIGMA
+from fr.data.augment import HUE, SATURATION, SCALE, SIGMA, P
 from fr.registry import Registry
 
 DALI_AUGMENTS = Registry("DALI augmentation")  # name -> (fn, images) -> augmented images
@@ -35,8 +36,9 @@ def _blur(fn, images):
 
 @DALI_AUGMENTS.register("hsv")
 def _hsv(fn, images):
-    return fn.hsv(images, hue=fn.random.uniform(range=(-HUE * 360, HUE * 360)),
-                  saturation=fn.random.uniform(range=SATURATION))
+    return fn.hsv(
+        images, hue=fn.random.uniform(range=(-HUE * 360, HUE * 360)), saturation=fn.random.uniform(range=SATURATION)
+    )
 
 
 @DALI_AUGMENTS.register("gray")

@@ -1,4 +1,5 @@
 """Torch datasets over insightface-layout RecordIO files (`train.rec`/`train.idx`)."""
+
 from __future__ import annotations
 
 import logging
@@ -35,9 +36,17 @@ class RecordDataset(torch.utils.data.Dataset):
 
     max_replacements = MAX_REPLACEMENTS  # consecutive skipped records before giving up
 
-    def __init__(self, root: str, num_classes: int = 0, image_size: int = 112, flip: bool = True,
-                 decoder: str = "auto", augment: Optional[Callable[[np.ndarray, np.random.Generator], np.ndarray]] = None,
-                 validate: bool = True, cache_dir: Optional[str] = None):
+    def __init__(
+        self,
+        root: str,
+        num_classes: int = 0,
+        image_size: int = 112,
+        flip: bool = True,
+        decoder: str = "auto",
+        augment: Optional[Callable[[np.ndarray, np.random.Generator], np.ndarray]] = None,
+        validate: bool = True,
+        cache_dir: Optional[str] = None,
+    ):
         rec, idx = record_paths(root)
         self.root = root
         self.record = IndexedRecordIO(idx, rec, "r")
@@ -97,8 +106,10 @@ class RecordDataset(torch.utils.data.Dataset):
                 log.warning("skipping record: %s", exc)
                 bad.append(key)
         else:
-            raise DataError(f"{self.record.uri}: {self.max_replacements + 1} consecutive records from key "
-                            f"{self.keys[index]} are unreadable; run `fr-data verify {self.root}`")
+            raise DataError(
+                f"{self.record.uri}: {self.max_replacements + 1} consecutive records from key "
+                f"{self.keys[index]} are unreadable; run `fr-data verify {self.root}`"
+            )
         return to_chw(image, self.flip, self.augment, seed), label, skipped_keys(bad, self.max_replacements)
 
 
@@ -108,7 +119,7 @@ def skipped_keys(keys, size: int) -> torch.Tensor:
     The loader keeps the keys in a set: a record met again (as the replacement of another bad record, or in
     a later epoch) is counted once."""
     out = torch.full((size,), -1, dtype=torch.int64)
-    out[:len(keys)] = torch.as_tensor(keys, dtype=torch.int64)
+    out[: len(keys)] = torch.as_tensor(keys, dtype=torch.int64)
     return out
 
 
@@ -148,8 +159,15 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     max_replacements = RecordDataset.max_replacements
 
-    def __init__(self, root: str, num_classes: int = 0, image_size: int = 112, flip: bool = True,
-                 decoder: str = "auto", augment=None):
+    def __init__(
+        self,
+        root: str,
+        num_classes: int = 0,
+        image_size: int = 112,
+        flip: bool = True,
+        decoder: str = "auto",
+        augment=None,
+    ):
         from fr.data.pack import list_image_folder
 
         self.root = root
@@ -182,15 +200,20 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 log.warning("skipping image: %s", exc)
                 bad.append(item)
         else:
-            raise DataError(f"{self.root}: {self.max_replacements + 1} consecutive images from "
-                            f"{self.items[index][0]} are unreadable")
+            raise DataError(
+                f"{self.root}: {self.max_replacements + 1} consecutive images from "
+                f"{self.items[index][0]} are unreadable"
+            )
         return to_chw(image, self.flip, self.augment, seed), label, skipped_keys(bad, self.max_replacements)
 
 
 def open_dataset(root: str, cache_dir: Optional[str] = None, **kwargs) -> torch.utils.data.Dataset:
     """RecordDataset when `root` holds train.rec (its checked index cached in `cache_dir`, see RecordDataset),
     else ImageFolderDataset over its identity folders."""
-    if os.path.isdir(root) and not os.path.isfile(os.path.join(root, "train.rec")) and any(
-            os.path.isdir(os.path.join(root, d)) for d in os.listdir(root)):
+    if (
+        os.path.isdir(root)
+        and not os.path.isfile(os.path.join(root, "train.rec"))
+        and any(os.path.isdir(os.path.join(root, d)) for d in os.listdir(root))
+    ):
         return ImageFolderDataset(root, **kwargs)
     return RecordDataset(root, cache_dir=cache_dir, **kwargs)

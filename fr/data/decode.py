@@ -3,6 +3,7 @@
 simplejpeg decodes JPEG faces faster than Pillow (figures: docs/benchmarks.md). PyTurboJPEG needs
 the system libturbojpeg, which pip cannot provide, so it is not offered.
 """
+
 from __future__ import annotations
 
 import io

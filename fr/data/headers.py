@@ -2,6 +2,7 @@
 
 Shared by the layout detection, the checks before training and `fr-data verify`; nothing here decodes images.
 """
+
 from __future__ import annotations
 
 import math
@@ -11,7 +12,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from fr.data.recordio import MAGIC, IRHeader, IndexedRecordIO, MXRecordIO, RecordIOError, unpack
+from fr.data.recordio import MAGIC, IndexedRecordIO, IRHeader, MXRecordIO, RecordIOError, unpack
 
 LENGTH_MASK = (1 << 29) - 1
 _HEADER_SIZE = 24
@@ -31,14 +32,15 @@ def read_header_at(fh, offset: int, where: str) -> IRHeader:
     cflag, length = lrec >> 29, lrec & LENGTH_MASK
     if cflag not in (0, 1):
         raise RecordIOError(f"{where}: record at offset {offset} starts with continuation flag {cflag}")
-    body = head[8:8 + length]
+    body = head[8 : 8 + length]
     flag = struct.unpack_from("<I", body)[0] if len(body) >= 4 else 0
     need = _HEADER_SIZE + 4 * flag
     if cflag == 0 and length < need:
         raise RecordIOError(f"{where}: record at offset {offset} is shorter than its {need}-byte header")
     if len(body) < min(length, _PEEK - 8):
-        raise RecordIOError(f"{where}: record at offset {offset} announces {length} bytes but the file ends "
-                            f"after {len(body)}")
+        raise RecordIOError(
+            f"{where}: record at offset {offset} announces {length} bytes but the file ends after {len(body)}"
+        )
     if len(body) < need:
         # Many labels, or a header split by an escaped magic word: read the whole record.
         with MXRecordIO(fh.name, "r") as rec:
@@ -94,8 +96,9 @@ class CheckResult:
     errors: List[str] = field(default_factory=list)
 
 
-def check_records(record: IndexedRecordIO, image_keys: List[int], num_classes: int,
-                  identity_keys: Optional[List[int]] = None) -> CheckResult:
+def check_records(
+    record: IndexedRecordIO, image_keys: List[int], num_classes: int, identity_keys: Optional[List[int]] = None
+) -> CheckResult:
     """Read every image header (and identity record) and check labels and identity ranges.
 
     Corrupt headers and labels that name no class (see `bad_label`) are `skipped` (the loaders leave them
@@ -128,20 +131,27 @@ def _check_identities(record: IndexedRecordIO, image_keys: List[int], identity_k
             continue
         labels = np.atleast_1d(np.asarray(header.label, dtype=np.float64))
         if labels.size < 2:
-            errors.append(f"{record.uri}: identity record {key} (class {c}) has label {labels.tolist()}, "
-                          f"expected [start, end)")
+            errors.append(
+                f"{record.uri}: identity record {key} (class {c}) has label {labels.tolist()}, expected [start, end)"
+            )
             continue
         if not all(math.isfinite(x) and x == round(x) for x in labels[:2]):
-            errors.append(f"{record.uri}: identity record {key} (class {c}) has label {labels.tolist()}, "
-                          f"expected whole numbers [start, end)")
+            errors.append(
+                f"{record.uri}: identity record {key} (class {c}) has label {labels.tolist()}, "
+                f"expected whole numbers [start, end)"
+            )
             continue
         start, end = int(labels[0]), int(labels[1])
         if start != expected_start or end <= start:
-            errors.append(f"{record.uri}: identity record {key} (class {c}) holds [{start}, {end}), expected a "
-                          f"non-empty range starting at {expected_start}")
+            errors.append(
+                f"{record.uri}: identity record {key} (class {c}) holds [{start}, {end}), expected a "
+                f"non-empty range starting at {expected_start}"
+            )
         expected_start = max(end, expected_start)
     end_images = image_keys[-1] + 1 if image_keys else 1
     if not errors and expected_start != end_images:
-        errors.append(f"{record.uri}: identity records end at key {expected_start} but the header announces "
-                      f"images up to key {end_images - 1}")
+        errors.append(
+            f"{record.uri}: identity records end at key {expected_start} but the header announces "
+            f"images up to key {end_images - 1}"
+        )
     return errors

@@ -7,6 +7,7 @@ directory (the torch loader thereby skips the full header scan at each start). I
 permutations index (fr.data.base.epoch_order); the DALI loader reads the records at the listed offsets itself
 and feeds them to its pipeline (fr.data.dali).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,8 +59,9 @@ def build_index(root: str, num_classes: int = 0, cache_dir: str = "") -> ImageIn
         if num_classes and num_classes < layout.num_classes:
             raise DataError(f"data.num_classes={num_classes} but {rec_path} holds {layout.num_classes} classes")
         stat = os.stat(rec_path)
-        tag = hashlib.sha1(f"{os.path.abspath(rec_path)}|{stat.st_size}|{stat.st_mtime_ns}|{classes}|"
-                           f"v{INDEX_VERSION}".encode())
+        tag = hashlib.sha1(
+            f"{os.path.abspath(rec_path)}|{stat.st_size}|{stat.st_mtime_ns}|{classes}|v{INDEX_VERSION}".encode()
+        )
         directory = cache_dir or _default_cache_dir(root)
         os.makedirs(directory, exist_ok=True)
         out = os.path.join(directory, f"train.{tag.hexdigest()[:16]}.images.idx")
@@ -77,8 +79,11 @@ def _write_index(record: IndexedRecordIO, layout, classes: int, out: str, meta_p
     keys, skipped = checked_keys(record, layout, classes)  # DataError for identity records
     images = check_record_images(record, keys)
     skipped.update(images.skipped)
-    meta = {"images": len(images.keys), "sizes": [[w, h, n] for (w, h), n in sorted(images.sizes.items())],
-            "skipped": {str(key): skipped[key] for key in sorted(skipped)}}
+    meta = {
+        "images": len(images.keys),
+        "sizes": [[w, h, n] for (w, h), n in sorted(images.sizes.items())],
+        "skipped": {str(key): skipped[key] for key in sorted(skipped)},
+    }
     # Meta first: a crash between the two writes leaves no index without its counts.
     atomic_write_text(meta_path, json.dumps(meta))
     atomic_write_text(out, "".join(f"{key}\t{record.idx[key]}\n" for key in images.keys))

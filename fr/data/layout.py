@@ -1,4 +1,5 @@
 """What an insightface-layout record directory holds: file paths, the header record, checked image keys."""
+
 from __future__ import annotations
 
 import logging
@@ -50,21 +51,25 @@ def read_layout(record: IndexedRecordIO) -> RecordLayout:
         if labels.size < 2:
             raise DataError(f"{record.uri}: header record 0 has flag {header.flag} but needs [N+1, N+1+C] labels")
         if not all(math.isfinite(x) and x == round(x) for x in labels[:2]):
-            raise DataError(f"{record.uri}: header record 0 label {labels.tolist()} is not [N+1, N+1+C] "
-                            f"(whole numbers)")
+            raise DataError(
+                f"{record.uri}: header record 0 label {labels.tolist()} is not [N+1, N+1+C] (whole numbers)"
+            )
         end_images, end_ids = int(labels[0]), int(labels[1])
         if end_images < 1 or end_ids < end_images:
             raise DataError(f"{record.uri}: header record 0 label {labels.tolist()} is not [N+1, N+1+C]")
         # Keys 0 .. N+C are all listed: a larger claim is a damaged header (and would build huge key lists).
         if end_ids > len(record.idx):
-            raise DataError(f"{record.uri}: header announces records 0..{end_ids - 1} but {record.idx_path} "
-                            f"lists {len(record.idx)} keys")
+            raise DataError(
+                f"{record.uri}: header announces records 0..{end_ids - 1} but {record.idx_path} "
+                f"lists {len(record.idx)} keys"
+            )
         missing = [k for k in (1, end_images - 1, end_images, end_ids - 1) if k not in record.idx]
         if end_images > 1 and missing:
-            raise DataError(f"{record.uri}: header announces images 1..{end_images - 1} and identities "
-                            f"{end_images}..{end_ids - 1} but key {missing[0]} is not in {record.idx_path}")
-        return RecordLayout(list(range(1, end_images)), end_ids - end_images, True,
-                            list(range(end_images, end_ids)))
+            raise DataError(
+                f"{record.uri}: header announces images 1..{end_images - 1} and identities "
+                f"{end_images}..{end_ids - 1} but key {missing[0]} is not in {record.idx_path}"
+            )
+        return RecordLayout(list(range(1, end_images)), end_ids - end_images, True, list(range(end_images, end_ids)))
     keys = sorted(record.keys)
     # A plain (im2rec) file carries no class count: take it from the largest label that names a class
     # (a NaN, negative or fractional label is skipped later, not trusted here).

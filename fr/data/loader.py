@@ -1,4 +1,5 @@
 """build_loader: each rank's part of the global batches of normalised images and labels, on the training device."""
+
 from __future__ import annotations
 
 import logging
@@ -51,7 +52,7 @@ class ResumableSampler(Sampler):
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
         batches = rank_batches(epoch_order(self.size, self.seed, self.epoch), self.batch_size, self.world, self.rank)
-        indices = batches[self.start:].reshape(-1).tolist()
+        indices = batches[self.start :].reshape(-1).tolist()
         return iter([(index, sample_seed(self.seed, self.epoch, index)) for index in indices])
 
 
@@ -78,11 +79,19 @@ class DeviceLoader(EpochPosition):
         self.sampler = ResumableSampler(len(dataset), batch_size, env)
         self.steps = len(dataset) // self.global_batch
         if self.steps < 1:
-            raise DataError(f"data.batch_size={batch_size} on {env.world_size} ranks is a global batch of "
-                            f"{self.global_batch} images, more than the data set holds ({len(dataset)})")
-        self.loader = DataLoader(_Counting(dataset), batch_size=batch_size, sampler=self.sampler,
-                                 num_workers=num_workers, drop_last=True, pin_memory=self.device.type == "cuda",
-                                 persistent_workers=num_workers > 0)
+            raise DataError(
+                f"data.batch_size={batch_size} on {env.world_size} ranks is a global batch of "
+                f"{self.global_batch} images, more than the data set holds ({len(dataset)})"
+            )
+        self.loader = DataLoader(
+            _Counting(dataset),
+            batch_size=batch_size,
+            sampler=self.sampler,
+            num_workers=num_workers,
+            drop_last=True,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=num_workers > 0,
+        )
 
     def __len__(self) -> int:
         return self.steps
@@ -111,8 +120,14 @@ class DeviceLoader(EpochPosition):
 
 @LOADERS.register("torch")
 def build_torch_loader(cfg: DataConfig, env: DistEnv, seed: int) -> DeviceLoader:
-    dataset = open_dataset(cfg.root, num_classes=cfg.num_classes, image_size=cfg.image_size, flip=True,
-                           augment=build_augment(cfg.augment), cache_dir=cfg.cache_dir)
+    dataset = open_dataset(
+        cfg.root,
+        num_classes=cfg.num_classes,
+        image_size=cfg.image_size,
+        flip=True,
+        augment=build_augment(cfg.augment),
+        cache_dir=cfg.cache_dir,
+    )
     return DeviceLoader(dataset, cfg.batch_size, env, cfg.num_workers, seed)
 
 
@@ -132,7 +147,7 @@ def dali_available() -> bool:
 
 
 def resolve_loader_name(name: str) -> str:
-    """"auto" is DALI when it is installed, the torch DataLoader otherwise."""
+    """ "auto" is DALI when it is installed, the torch DataLoader otherwise."""
     if name == "auto":
         return "dali" if dali_available() else "torch"
     return name

@@ -4,6 +4,7 @@ fr writes a data set into a staging directory inside the output directory, then 
 earlier outputs. It replaces only files listed in `.fr-manifest.json` and unchanged since (same size and mtime);
 any other entry in the directory is a `ForeignFileError` naming it, raised before anything changes.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,12 @@ class ForeignFileError(DataError, FileExistsError):
 
 
 def _plain_name(name: object) -> bool:
-    return (isinstance(name, str) and name not in ("", ".", "..", OUTPUT_MANIFEST) and "/" not in name
-            and os.sep not in name)
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..", OUTPUT_MANIFEST)
+        and "/" not in name
+        and os.sep not in name
+    )
 
 
 def _stamp(path: str) -> Dict[str, int]:
@@ -79,7 +84,7 @@ def _staging_state(path: str) -> str:
 
     Another host's staging directory (a shared file system) counts as live: its process cannot be checked.
     """
-    pid, _, rest = os.path.basename(path)[len(STAGING_PREFIX):].partition("-")
+    pid, _, rest = os.path.basename(path)[len(STAGING_PREFIX) :].partition("-")
     if not pid.isdigit() or "-" not in rest or not stat.S_ISDIR(os.lstat(path).st_mode):
         return "foreign"
     if rest.rsplit("-", 1)[0] != _host() or _pid_alive(int(pid)):
@@ -123,8 +128,10 @@ def owned_files(out_dir: str) -> List[str]:
     foreign = first_foreign(out_dir)
     if foreign:
         path, why = foreign
-        raise ForeignFileError(f"refusing to write into {out_dir}: {path} {why}; fr replaces only files it wrote, "
-                               f"so choose a new or empty directory (or clear this one yourself)")
+        raise ForeignFileError(
+            f"refusing to write into {out_dir}: {path} {why}; fr replaces only files it wrote, "
+            f"so choose a new or empty directory (or clear this one yourself)"
+        )
     files, _ = _read_manifest(out_dir)
     return sorted(name for name in files or {} if os.path.lexists(os.path.join(out_dir, name)))
 
@@ -150,8 +157,10 @@ def check_apart(out_dir: str, inputs: Iterable[str], input_dirs: Iterable[str] =
             relation = "contains"
         else:
             continue
-        raise DataError(f"output directory {out_dir} resolves to {out}, which {relation} the input {given} "
-                        f"({real}); write the output somewhere apart from its input")
+        raise DataError(
+            f"output directory {out_dir} resolves to {out}, which {relation} the input {given} "
+            f"({real}); write the output somewhere apart from its input"
+        )
 
 
 def _remove_stale_staging(out_dir: str) -> None:
@@ -207,7 +216,9 @@ def _swap(out_dir: str, stage: str, command: str, last: Sequence[str]) -> None:
     for name in [n for n in new if n not in last] + [n for n in last if n in entries]:
         target = os.path.join(out_dir, name)
         if os.path.lexists(target):  # appeared since the check above: not fr's to replace
-            raise ForeignFileError(f"refusing to replace {target}: it appeared while fr was writing into "
-                                   f"{out_dir} (left as is); run again once it is gone")
+            raise ForeignFileError(
+                f"refusing to replace {target}: it appeared while fr was writing into "
+                f"{out_dir} (left as is); run again once it is gone"
+            )
         os.replace(os.path.join(stage, name), target)
     os.rmdir(stage)

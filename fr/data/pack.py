@@ -1,4 +1,5 @@
 """Packs an image folder (one sub-folder per identity) or an im2rec `.lst` into insightface-layout records."""
+
 from __future__ import annotations
 
 import io
@@ -50,7 +51,9 @@ def read_lst(lst_path: str, image_root: Optional[str] = None) -> List[Tuple[str,
                     raise ValueError
                 label = float(fields[1])
             except ValueError:
-                raise DataError(f"{lst_path}:{lineno}: expected 'index<TAB>label<TAB>path', got {line[:60]!r}") from None
+                raise DataError(
+                    f"{lst_path}:{lineno}: expected 'index<TAB>label<TAB>path', got {line[:60]!r}"
+                ) from None
             if label != int(label) or label < 0:
                 raise DataError(f"{lst_path}:{lineno}: label {fields[1]} is not a non-negative integer class")
             items.append((os.path.join(root, fields[-1]), int(label)))
@@ -86,8 +89,15 @@ def encode_image(job: Tuple[str, int, int]) -> Tuple[Optional[bytes], str]:
         return None, f"{path}: {exc}"
 
 
-def pack_images(items: List[Tuple[str, int]], out_dir: str, size: int = 112, quality: int = 95, workers: int = 0,
-                progress: bool = True, sources: Sequence[str] = ()) -> dict:
+def pack_images(
+    items: List[Tuple[str, int]],
+    out_dir: str,
+    size: int = 112,
+    quality: int = 95,
+    workers: int = 0,
+    progress: bool = True,
+    sources: Sequence[str] = (),
+) -> dict:
     """Encode `items` with `workers` processes and write `out_dir/train.rec`/`.idx`; returns counts.
 
     `out_dir` must lie apart from `sources` (the folder or `.lst` the items came from) and may not be or hold
@@ -100,11 +110,15 @@ def pack_images(items: List[Tuple[str, int]], out_dir: str, size: int = 112, qua
     workers = workers or os.cpu_count() or 1
     jobs = [(path, size, quality) for path, _ in items]
     failed: List[str] = []
-    with staged_output(out_dir, "fr-data pack", last=("train.rec",)) as stage, \
-            get_context("spawn").Pool(workers) as pool, InsightfaceRecordWriter(stage) as writer:
+    with (
+        staged_output(out_dir, "fr-data pack", last=("train.rec",)) as stage,
+        get_context("spawn").Pool(workers) as pool,
+        InsightfaceRecordWriter(stage) as writer,
+    ):
         results: Iterable = pool.imap(encode_image, jobs, chunksize=64)
         if progress:
             from tqdm import tqdm
+
             results = tqdm(results, total=len(jobs), unit="img", desc="pack")
         current, batch = 0, []
         for (payload, error), (_, label) in zip(results, items):

@@ -6,6 +6,7 @@ low 29 bits and a continuation flag in its top 3 bits (0 whole, 1 first, 2 middl
 splits a payload wherever the magic word occurs at a 4-byte aligned offset and drops that word; the reader
 puts it back between parts.
 """
+
 from __future__ import annotations
 
 import io
@@ -15,6 +16,7 @@ from collections import namedtuple
 from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
+
 from evaluation.errors import UserInputError
 
 MAGIC = 0xCED7230A
@@ -187,13 +189,17 @@ class MXRecordIO:
                 raise RecordIOError(f"{self.uri}: truncated record header at offset {offset}")
             magic, lrec = struct.unpack("<II", head)
             if magic != MAGIC:
-                raise RecordIOError(f"{self.uri}: bad magic 0x{magic:08x} at offset {offset} "
-                                    f"(expected 0x{MAGIC:08x}); is this a RecordIO file, and does the .idx match?")
+                raise RecordIOError(
+                    f"{self.uri}: bad magic 0x{magic:08x} at offset {offset} "
+                    f"(expected 0x{MAGIC:08x}); is this a RecordIO file, and does the .idx match?"
+                )
             cflag, length = lrec >> 29, lrec & _LENGTH_MASK
             data = self.handle.read(length)
             if len(data) < length:
-                raise RecordIOError(f"{self.uri}: record at offset {offset} announces {length} bytes "
-                                    f"but the file ends after {len(data)}")
+                raise RecordIOError(
+                    f"{self.uri}: record at offset {offset} announces {length} bytes "
+                    f"but the file ends after {len(data)}"
+                )
             self.handle.seek((4 - length % 4) % 4, os.SEEK_CUR)
             if cflag == 0:
                 if chunks:

@@ -1,4 +1,5 @@
 """Writes a physically shuffled copy of a record file (plain layout: every record an image, keys 0..N-1)."""
+
 from __future__ import annotations
 
 import logging
@@ -37,6 +38,7 @@ def shuffle_records(src: str, out_dir: str, seed: int = 0, progress: bool = True
             steps = range(len(order))
             if progress:
                 from tqdm import tqdm
+
                 steps = tqdm(steps, unit="rec", desc="shuffle")
             try:
                 for new_key in steps:

@@ -1,4 +1,5 @@
 """Record-file checks that look at images: the structural check behind DALI's index, and the full `fr-data verify`."""
+
 from __future__ import annotations
 
 import io
@@ -52,7 +53,7 @@ def _first_scan(payload: bytes) -> int:
         elif marker in _STANDALONE:
             pos += 2
         elif pos + 4 <= len(payload):
-            pos += 2 + int.from_bytes(payload[pos + 2:pos + 4], "big")
+            pos += 2 + int.from_bytes(payload[pos + 2 : pos + 4], "big")
         else:
             break
     raise ValueError("no end-of-image marker (header segments run past the end: truncated)")
@@ -88,8 +89,7 @@ IMAGE_FORMATS: List[ImageFormat] = [
     ImageFormat("tiff", lambda b: b[:4] in (b"II*\x00", b"MM\x00*"), _pil_size),
     ImageFormat("webp", lambda b: b[:4] == b"RIFF" and b[8:12] == b"WEBP", _pil_size),
     ImageFormat("pnm", lambda b: b[:1] == b"P" and b[1:2] in b"123456" and len(b) > 2, _pil_size),
-    ImageFormat("jpeg2000", lambda b: b[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n" or b[:4] == b"\xffO\xffQ",
-                _pil_size),
+    ImageFormat("jpeg2000", lambda b: b[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n" or b[:4] == b"\xffO\xffQ", _pil_size),
 ]
 
 
@@ -153,7 +153,7 @@ def _payload_at(record: IndexedRecordIO, data: mmap.mmap, offset: int, end: int)
     if cflag == 0:
         if offset + 8 + length > end:
             raise RecordIOError(f"record announces {length} bytes, past the start of the next record at {end}")
-        return unpack(data[offset + 8:offset + 8 + length])[1]
+        return unpack(data[offset + 8 : offset + 8 + length])[1]
     # A payload holding the magic word was split into parts (rare): read it whole.
     with MXRecordIO(record.uri, "r") as reader:
         reader.handle.seek(offset)
@@ -202,6 +202,9 @@ def verify_dir(root: str, decode: Callable[[bytes], object], progress=None) -> R
             except Exception as exc:  # decoders raise many types for corrupt data
                 report.skipped.append(f"{rec_path}: record {key}: cannot decode image ({exc})")
         size = os.path.getsize(rec_path)
-        report.errors.extend(f"{idx_path}: key {k} points past the end of {rec_path}"
-                             for k, offset in record.idx.items() if offset >= size and k not in check.skipped)
+        report.errors.extend(
+            f"{idx_path}: key {k} points past the end of {rec_path}"
+            for k, offset in record.idx.items()
+            if offset >= size and k not in check.skipped
+        )
     return report

@@ -1,4 +1,5 @@
 """Writes insightface-layout record files: header record 0, image records 1..N, identity records after."""
+
 from __future__ import annotations
 
 import os
@@ -6,7 +7,7 @@ from typing import List, Sequence
 
 from evaluation.fileio import commit_file, create_temporary
 from fr.data.base import DataError
-from fr.data.recordio import IRHeader, IndexedRecordIO, pack
+from fr.data.recordio import IndexedRecordIO, IRHeader, pack
 
 
 class InsightfaceRecordWriter:
@@ -40,8 +41,9 @@ class InsightfaceRecordWriter:
     def _refuse_existing(self) -> None:
         for path in (self.rec_path, self.idx_path):
             if os.path.lexists(path):
-                raise DataError(f"{path} already exists: the record writer never overwrites; write into a new "
-                                f"directory")
+                raise DataError(
+                    f"{path} already exists: the record writer never overwrites; write into a new directory"
+                )
 
     @staticmethod
     def _header_record(end_images: int, end_identities: int) -> bytes:

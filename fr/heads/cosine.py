@@ -1,4 +1,5 @@
 """Cosine logits between normalised embeddings and (unnormalised) class centres, with a hand-written backward."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Fused cosine logits + target margin + scale + distributed softmax cross entropy, on one [B, k] buffer."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -24,8 +25,15 @@ class FusedMarginSoftmaxCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, embeddings: torch.Tensor, weight: torch.Tensor, local_target: torch.Tensor,
-                target_fn: TargetFn, s: float, env: DistEnv) -> torch.Tensor:
+    def forward(
+        ctx,
+        embeddings: torch.Tensor,
+        weight: torch.Tensor,
+        local_target: torch.Tensor,
+        target_fn: TargetFn,
+        s: float,
+        env: DistEnv,
+    ) -> torch.Tensor:
         inv_norm = weight.norm(dim=1).clamp_min_(1e-12).reciprocal_()
         x = embeddings @ weight.t()
         x.mul_(inv_norm)
@@ -36,7 +44,7 @@ class FusedMarginSoftmaxCE(torch.autograd.Function):
         with torch.enable_grad():
             probe = cos_target.detach().requires_grad_(True)
             new = target_fn(probe)
-            slope, = torch.autograd.grad(new.sum(), probe)
+            (slope,) = torch.autograd.grad(new.sum(), probe)
         new = torch.where(owned.unsqueeze(1), new.detach(), cos_target)
         x.scatter_(1, col, new).mul_(s)
         row_max = x.amax(dim=1)
@@ -75,7 +83,13 @@ class FusedMarginSoftmaxCE(torch.autograd.Function):
         return grad_emb, grad_weight, None, None, None, None
 
 
-def fused_margin_softmax_ce(unit_embeddings: torch.Tensor, weight: torch.Tensor, local_target: torch.Tensor,
-                            target_fn: TargetFn, s: float, env: DistEnv) -> torch.Tensor:
+def fused_margin_softmax_ce(
+    unit_embeddings: torch.Tensor,
+    weight: torch.Tensor,
+    local_target: torch.Tensor,
+    target_fn: TargetFn,
+    s: float,
+    env: DistEnv,
+) -> torch.Tensor:
     """Functional form of `FusedMarginSoftmaxCE`."""
     return FusedMarginSoftmaxCE.apply(unit_embeddings, weight, local_target, target_fn, s, env)

@@ -1,4 +1,5 @@
 """Margin losses with batch statistics: AdaFace, CurricularFace, MagFace (statistics from the global batch)."""
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,9 @@ class AdaFace(MarginLoss):
         self.register_buffer("batch_std", torch.tensor(100.0))
         self._scaler: Optional[torch.Tensor] = None
 
-    def forward(self, cos_logits: torch.Tensor, labels: torch.Tensor,
-                ctx: Optional[MarginContext] = None) -> torch.Tensor:
+    def forward(
+        self, cos_logits: torch.Tensor, labels: torch.Tensor, ctx: Optional[MarginContext] = None
+    ) -> torch.Tensor:
         ctx = ctx if ctx is not None else MarginContext()
         norms = _norms(ctx).detach().float().clamp(0.001, 100.0)
         if self.training:
@@ -78,8 +80,9 @@ class CurricularFace(MarginLoss):
             raise ValueError(f"curricular margin m must be in [0, pi), got {self.m}")
         self.register_buffer("t", torch.tensor(0.0))
 
-    def forward(self, cos_logits: torch.Tensor, labels: torch.Tensor,
-                ctx: Optional[MarginContext] = None) -> torch.Tensor:
+    def forward(
+        self, cos_logits: torch.Tensor, labels: torch.Tensor, ctx: Optional[MarginContext] = None
+    ) -> torch.Tensor:
         if ctx is None or ctx.target_cos is None:
             raise ValueError("curricular needs ctx.target_cos (the global target cosines); call it through PartialFC")
         target_all = ctx.target_cos.detach().float()
@@ -114,8 +117,15 @@ class MagFace(MarginLoss):
     its gradient is split 1/world_size per rank, because the gathered embeddings' gradients are summed.
     """
 
-    def __init__(self, s: float = 64.0, l_a: float = 10.0, u_a: float = 110.0, l_m: float = 0.45,
-                 u_m: float = 0.8, lambda_g: float = 35.0) -> None:
+    def __init__(
+        self,
+        s: float = 64.0,
+        l_a: float = 10.0,
+        u_a: float = 110.0,
+        l_m: float = 0.45,
+        u_m: float = 0.8,
+        lambda_g: float = 35.0,
+    ) -> None:
         super().__init__(s)
         self.l_a, self.u_a = check_finite("l_a", l_a), check_finite("u_a", u_a)
         self.l_m, self.u_m = check_finite("l_m", l_m), check_finite("u_m", u_m)
@@ -133,10 +143,9 @@ class MagFace(MarginLoss):
 
     def reduce(self, logits: torch.Tensor, local_target: torch.Tensor, ctx: MarginContext) -> torch.Tensor:
         a = self.clamped_norms(ctx)
-        reg = (1.0 / a + a / self.u_a ** 2).mean()
+        reg = (1.0 / a + a / self.u_a**2).mean()
         reg = reg.detach() + (reg - reg.detach()) / ctx.env.world_size
         return super().reduce(logits, local_target, ctx) + self.lambda_g * reg
 
     def extra_repr(self) -> str:
-        return (f"s={self.s}, l_a={self.l_a}, u_a={self.u_a}, l_m={self.l_m}, u_m={self.u_m}, "
-                f"lambda_g={self.lambda_g}")
+        return f"s={self.s}, l_a={self.l_a}, u_a={self.u_a}, l_m={self.l_m}, u_m={self.u_m}, lambda_g={self.lambda_g}"

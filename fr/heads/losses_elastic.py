@@ -1,4 +1,5 @@
 """ElasticFace: ArcFace/CosFace with a per-sample margin drawn from N(m, sigma) every step, and the "+" variants."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional
@@ -55,8 +56,9 @@ class ElasticMargin(MarginLoss):
             margins = assigned
         return margins.float().to(device)
 
-    def forward(self, cos_logits: torch.Tensor, labels: torch.Tensor,
-                ctx: Optional[MarginContext] = None) -> torch.Tensor:
+    def forward(
+        self, cos_logits: torch.Tensor, labels: torch.Tensor, ctx: Optional[MarginContext] = None
+    ) -> torch.Tensor:
         ctx = ctx if ctx is not None else MarginContext()
         self._margins = self.draw(cos_logits.shape[0], ctx, cos_logits.device)
         self.last_margins = self._margins
@@ -82,8 +84,9 @@ class ElasticArcFace(ElasticMargin):
 
     default_plus_sigma = 0.0175
 
-    def __init__(self, s: float = 64.0, m: float = 0.5, sigma: Optional[float] = None, plus: bool = False,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, s: float = 64.0, m: float = 0.5, sigma: Optional[float] = None, plus: bool = False, seed: int = 0
+    ) -> None:
         super().__init__(s, m, sigma, plus, seed)
 
     def target_logit(self, cos_target: torch.Tensor, ctx: Optional[MarginContext] = None) -> torch.Tensor:
@@ -96,8 +99,9 @@ class ElasticCosFace(ElasticMargin):
 
     default_plus_sigma = 0.02
 
-    def __init__(self, s: float = 64.0, m: float = 0.35, sigma: Optional[float] = None, plus: bool = False,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, s: float = 64.0, m: float = 0.35, sigma: Optional[float] = None, plus: bool = False, seed: int = 0
+    ) -> None:
         super().__init__(s, m, sigma, plus, seed)
 
     def target_logit(self, cos_target: torch.Tensor, ctx: Optional[MarginContext] = None) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """SFace: sigmoid-constrained hypersphere loss (its own objective, not a softmax)."""
+
 from __future__ import annotations
 
 from typing import Dict, Optional
@@ -23,8 +24,9 @@ class SFace(MarginLoss):
         self.k, self.a, self.b = check_finite("k", k), check_finite("a", a), check_finite("b", b)
         self.last_stats: Optional[Dict[str, float]] = None
 
-    def forward(self, cos_logits: torch.Tensor, labels: torch.Tensor,
-                ctx: Optional[MarginContext] = None) -> torch.Tensor:
+    def forward(
+        self, cos_logits: torch.Tensor, labels: torch.Tensor, ctx: Optional[MarginContext] = None
+    ) -> torch.Tensor:
         return cos_logits * self.s
 
     def reduce(self, logits: torch.Tensor, local_target: torch.Tensor, ctx: MarginContext) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """Margin losses on cosine logits (ArcFace, CosFace, combined), their per-step context, and the loss registry."""
+
 from __future__ import annotations
 
 import math
@@ -92,8 +93,9 @@ class MarginLoss(nn.Module):
         # Subclasses define this or override forward; reaching the base means neither was done.
         raise TypeError(f"{type(self).__name__} must define target_logit(cos, ctx) or override forward")
 
-    def forward(self, cos_logits: torch.Tensor, labels: torch.Tensor,
-                ctx: Optional[MarginContext] = None) -> torch.Tensor:
+    def forward(
+        self, cos_logits: torch.Tensor, labels: torch.Tensor, ctx: Optional[MarginContext] = None
+    ) -> torch.Tensor:
         ctx = ctx if ctx is not None else MarginContext()
         if cos_logits.shape[1] == 0:
             return cos_logits * self.s
@@ -166,8 +168,9 @@ class CombinedMargin(MarginLoss):
 
     fused_margin = True
 
-    def __init__(self, s: float = 64.0, m1: float = 1.0, m2: float = 0.3, m3: float = 0.2,
-                 exact_gradient: bool = False) -> None:
+    def __init__(
+        self, s: float = 64.0, m1: float = 1.0, m2: float = 0.3, m3: float = 0.2, exact_gradient: bool = False
+    ) -> None:
         super().__init__(s)
         self.m1, self.m2, self.m3 = check_finite("m1", m1), check_finite("m2", m2), check_finite("m3", m3)
         if self.m1 <= 0:

@@ -1,4 +1,5 @@
 """Distributed reductions over class-sharded logits (softmax cross entropy, SFace), looked up by name."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -69,8 +70,15 @@ def dist_softmax_cross_entropy(logits: torch.Tensor, local_target: torch.Tensor,
 
 
 @register_objective("sface")
-def dist_sface_loss(logits: torch.Tensor, local_target: torch.Tensor, env: DistEnv, s: float = 64.0,
-                    k: float = 80.0, a: float = 0.8, b: float = 1.23) -> tuple:
+def dist_sface_loss(
+    logits: torch.Tensor,
+    local_target: torch.Tensor,
+    env: DistEnv,
+    s: float = 64.0,
+    k: float = 80.0,
+    a: float = 0.8,
+    b: float = 1.23,
+) -> tuple:
     """SFace over class shards: (loss, stats), both identical on every rank.
 
     logits = s*cos [B, C_local]. loss = mean_i[-r_intra_i * s*cos_y_i] + mean_i[sum_{j != y_i} r_inter_ij * s*cos_ij]
@@ -99,10 +107,15 @@ def dist_sface_loss(logits: torch.Tensor, local_target: torch.Tensor, env: DistE
     inter = (weights * negative * x).sum() / batch
     local = intra + inter
     with torch.no_grad():
-        sums = torch.stack([local, intra, inter, (target / s).sum(), (cos * negative).sum(),
-                            negative.sum().to(x.dtype)])
+        sums = torch.stack(
+            [local, intra, inter, (target / s).sum(), (cos * negative).sum(), negative.sum().to(x.dtype)]
+        )
     all_reduce(sums, env, op="sum")
     loss = local + (sums[0] - local).detach()
-    stats = {"intra": sums[1].item(), "inter": sums[2].item(), "cos_y": sums[3].item() / batch,
-             "cos_j": sums[4].item() / max(sums[5].item(), 1.0)}
+    stats = {
+        "intra": sums[1].item(),
+        "inter": sums[2].item(),
+        "cos_y": sums[3].item() / batch,
+        "cos_j": sums[4].item() / max(sums[5].item(), 1.0),
+    }
     return loss, stats

@@ -1,4 +1,5 @@
 """Partial FC: the class-sharded, optionally sampled, normalised classifier that turns embeddings into a loss."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
@@ -76,9 +77,17 @@ class PartialFC(nn.Module):
     replaced by 0 before the margin, without gradient.
     """
 
-    def __init__(self, margin_loss: nn.Module, embedding_size: int, num_classes: int, sample_rate: float = 1.0,
-                 env: Optional[DistEnv] = None, seed: int = 0, update: str = "dense",
-                 interclass_filtering_threshold: float = 0.0) -> None:
+    def __init__(
+        self,
+        margin_loss: nn.Module,
+        embedding_size: int,
+        num_classes: int,
+        sample_rate: float = 1.0,
+        env: Optional[DistEnv] = None,
+        seed: int = 0,
+        update: str = "dense",
+        interclass_filtering_threshold: float = 0.0,
+    ) -> None:
         super().__init__()
         env = env if env is not None else env_from_group()
         if not isinstance(margin_loss, MarginLoss):
@@ -86,8 +95,10 @@ class PartialFC(nn.Module):
         if embedding_size < 1:
             raise ValueError(f"embedding_size must be positive, got {embedding_size}")
         if num_classes < env.world_size:
-            raise ValueError(f"num_classes ({num_classes}) must be at least the world size ({env.world_size}) "
-                             "so that every rank owns a class")
+            raise ValueError(
+                f"num_classes ({num_classes}) must be at least the world size ({env.world_size}) "
+                "so that every rank owns a class"
+            )
         if not 0.0 < sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
         if update not in UPDATE_MODES:
@@ -97,8 +108,9 @@ class PartialFC(nn.Module):
             raise ValueError(f"interclass_filtering_threshold must be in [0, 1) (0 disables), got {threshold}")
         get_objective(margin_loss.objective)  # an unknown objective fails here rather than at the first step
         if threshold and margin_loss.objective != "softmax_ce":
-            raise ValueError("interclass_filtering_threshold needs a softmax-type loss, "
-                             f"got objective {margin_loss.objective!r}")
+            raise ValueError(
+                f"interclass_filtering_threshold needs a softmax-type loss, got objective {margin_loss.objective!r}"
+            )
         self.margin_loss = margin_loss
         self.update = update
         self.interclass_filtering_threshold = threshold
@@ -121,8 +133,9 @@ class PartialFC(nn.Module):
 
     def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor) -> torch.Tensor:
         if local_embeddings.dim() != 2 or local_embeddings.shape[1] != self.embedding_size:
-            raise ValueError(f"expected embeddings of shape [batch, {self.embedding_size}], "
-                             f"got {tuple(local_embeddings.shape)}")
+            raise ValueError(
+                f"expected embeddings of shape [batch, {self.embedding_size}], got {tuple(local_embeddings.shape)}"
+            )
         local_labels = local_labels.reshape(-1).long()
         if local_labels.shape[0] != local_embeddings.shape[0]:
             raise ValueError(f"got {local_embeddings.shape[0]} embeddings but {local_labels.shape[0]} labels")
@@ -143,8 +156,9 @@ class PartialFC(nn.Module):
 
         if self._fusable(embeddings, weight):
             margin = self.margin_loss
-            return fused_margin_softmax_ce(F.normalize(embeddings), weight, local_target,
-                                           lambda cos: margin.target_logit(cos), margin.s, self.env)
+            return fused_margin_softmax_ce(
+                F.normalize(embeddings), weight, local_target, lambda cos: margin.target_logit(cos), margin.s, self.env
+            )
         norms = embeddings.float().norm(dim=1)
         # fp32 out of a matmul that may run in half precision under autocast: margins and reductions want fp32.
         cos = cosine_logits(F.normalize(embeddings), weight)
@@ -158,9 +172,14 @@ class PartialFC(nn.Module):
 
     def _fusable(self, embeddings: torch.Tensor, weight: torch.Tensor) -> bool:
         """Whether this step can take the fused fp32 margin + softmax CE path (same maths, fewer [B, k] passes)."""
-        return (self.margin_loss.fused_margin and not self.interclass_filtering_threshold
-                and weight.shape[0] > 0 and weight.dtype == torch.float32 and embeddings.dtype == torch.float32
-                and not torch.is_autocast_enabled(weight.device.type))
+        return (
+            self.margin_loss.fused_margin
+            and not self.interclass_filtering_threshold
+            and weight.shape[0] > 0
+            and weight.dtype == torch.float32
+            and embeddings.dtype == torch.float32
+            and not torch.is_autocast_enabled(weight.device.type)
+        )
 
     def _rows(self, index: torch.Tensor, sampling: bool) -> torch.Tensor:
         """The class centres taking part this step (see the class docstring for the two update modes)."""
@@ -169,8 +188,12 @@ class PartialFC(nn.Module):
             # buffer each step costs as much in page faults as the gather itself.
             spare = self._spare_rows if not self._sparse_pending else None
             self._spare_rows = None
-            if (spare is not None and spare.shape == (index.shape[0], self.weight.shape[1])
-                    and spare.dtype == self.weight.dtype and spare.device == self.weight.device):
+            if (
+                spare is not None
+                and spare.shape == (index.shape[0], self.weight.shape[1])
+                and spare.dtype == self.weight.dtype
+                and spare.device == self.weight.device
+            ):
                 rows = torch.index_select(self.weight.detach(), 0, index, out=spare).detach()
             else:
                 rows = self.weight.detach().index_select(0, index)
@@ -245,8 +268,10 @@ class PartialFC(nn.Module):
             return
         max_b, neg_min_b, hi, neg_lo = pending.tolist()
         if max_b != -neg_min_b:
-            raise ValueError(f"every rank must pass the same number of embeddings per step, got between "
-                             f"{-neg_min_b} and {max_b} (drop the last incomplete batch)")
+            raise ValueError(
+                f"every rank must pass the same number of embeddings per step, got between "
+                f"{-neg_min_b} and {max_b} (drop the last incomplete batch)"
+            )
         if max_b == 0:
             raise ValueError("got an empty batch")
         if -neg_lo < 0 or hi >= self.num_classes:
@@ -274,7 +299,9 @@ class PartialFC(nn.Module):
         self.sample_step = int(state["sample_step"])
 
     def extra_repr(self) -> str:
-        return (f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, "
-                f"classes=[{self.class_start}, {self.class_start + self.num_local}) on rank "
-                f"{self.env.rank}/{self.env.world_size}, sample_rate={self.sample_rate}, seed={self.seed}, "
-                f"update={self.update}, interclass_filtering_threshold={self.interclass_filtering_threshold}")
+        return (
+            f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, "
+            f"classes=[{self.class_start}, {self.class_start + self.num_local}) on rank "
+            f"{self.env.rank}/{self.env.world_size}, sample_rate={self.sample_rate}, seed={self.seed}, "
+            f"update={self.update}, interclass_filtering_threshold={self.interclass_filtering_threshold}"
+        )

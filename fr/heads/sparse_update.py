@@ -1,4 +1,5 @@
 """Row-sparse SGD for Partial FC's class centres: only the sampled rows and their momentum are touched."""
+
 from __future__ import annotations
 
 from typing import Iterable, Optional, Sequence
@@ -19,8 +20,14 @@ class SparseRowSGD(torch.optim.SGD):
     (the row gradients would not be unscaled).
     """
 
-    def __init__(self, params: Iterable, heads: Sequence[nn.Module], lr: float = 0.1, momentum: float = 0.0,
-                 weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        params: Iterable,
+        heads: Sequence[nn.Module],
+        lr: float = 0.1,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+    ) -> None:
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
         self.heads = list(heads)
         for head in self.heads:
@@ -40,8 +47,9 @@ class SparseRowSGD(torch.optim.SGD):
                 self._update_rows(head.weight, *pending)
         return super().step(closure)
 
-    def _update_rows(self, weight: torch.Tensor, index: torch.Tensor, grad: torch.Tensor,
-                     rows: Optional[torch.Tensor]) -> None:
+    def _update_rows(
+        self, weight: torch.Tensor, index: torch.Tensor, grad: torch.Tensor, rows: Optional[torch.Tensor]
+    ) -> None:
         group = self._group_of(weight)
         # In place: the row gradient and the forward's copy of the rows (equal to weight[index]) are ours to
         # consume, and each [k, D] buffer or pass is large at millions of classes.

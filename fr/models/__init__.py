@@ -1,4 +1,5 @@
 """Backbones and their registry: ``build_backbone(name, **kwargs)`` -> module mapping images to embeddings."""
+
 from fr.models.registry import UnknownBackboneError, build_backbone, list_backbones, register_backbone
 
 # Imported for their side effect: each module registers its backbones.

@@ -1,4 +1,5 @@
 """IResNet backbones (iresnet18/34/50/100/200) with insightface arcface_torch's layout and state_dict keys."""
+
 from __future__ import annotations
 
 import contextlib
@@ -135,11 +136,22 @@ def _variant(name: str, layers: Sequence[int]):
     """A registered factory with an explicit signature, so the registry can name bad keywords."""
 
     def factory(
-        num_features: int = 512, dropout: float = 0.0, fp16: bool = False, input_size: int = 112,
-        width: int = 64, stem_stride: int = 1,
+        num_features: int = 512,
+        dropout: float = 0.0,
+        fp16: bool = False,
+        input_size: int = 112,
+        width: int = 64,
+        stem_stride: int = 1,
     ) -> IResNet:
-        return IResNet(layers, num_features=num_features, dropout=dropout, fp16=fp16, input_size=input_size,
-                       width=width, stem_stride=stem_stride)
+        return IResNet(
+            layers,
+            num_features=num_features,
+            dropout=dropout,
+            fp16=fp16,
+            input_size=input_size,
+            width=width,
+            stem_stride=stem_stride,
+        )
 
     factory.__name__ = factory.__qualname__ = name
     factory.__doc__ = f"IResNet with stage depths {tuple(layers)}."

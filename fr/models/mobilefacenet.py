@@ -1,4 +1,5 @@
 """MobileFaceNet backbone with insightface arcface_torch's ``get_mbf`` layout and state_dict keys."""
+
 from __future__ import annotations
 
 from typing import Sequence

@@ -1,4 +1,5 @@
 """Backbone registry: maps a config's backbone name to a factory `(**kwargs) -> nn.Module`."""
+
 from __future__ import annotations
 
 from fr.registry import Registry, UnknownNameError

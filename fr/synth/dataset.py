@@ -1,4 +1,5 @@
 """Builds the synthetic data set on disk: training identities as insightface RecordIO plus a held-out pairs `.bin`."""
+
 from __future__ import annotations
 
 import json
@@ -118,8 +119,9 @@ def generate(out_dir: str, cfg: SynthConfig, command: str = "fr-data synth") -> 
     start = time.perf_counter()
     with staged_output(out_dir, command, last=(META_FILE,)) as stage:
         pairs = plan_pairs(cfg)
-        train_jobs = [RenderJob(cfg.seed, k, tuple(range(cfg.per_identity)), cfg.difficulty)
-                      for k in range(cfg.identities)]
+        train_jobs = [
+            RenderJob(cfg.seed, k, tuple(range(cfg.per_identity)), cfg.difficulty) for k in range(cfg.identities)
+        ]
         with _pool(cfg.workers) as pool:
             with InsightfaceRecordWriter(stage) as writer:
                 for encoded in pool.imap(_render_job, train_jobs, chunksize=4):
@@ -128,8 +130,14 @@ def generate(out_dir: str, cfg: SynthConfig, command: str = "fr-data synth") -> 
         write_bin(os.path.join(stage, VERIFICATION_BIN), images, [pair.same for pair in pairs])
         with open(os.path.join(stage, META_FILE), "w", encoding="utf-8") as fh:
             json.dump(asdict(cfg), fh, indent=2)
-    log.info("synthetic set written to %s: %d identities x %d images, %d verification pairs (%.1f s)",
-             out_dir, cfg.identities, cfg.per_identity, cfg.pairs, time.perf_counter() - start)
+    log.info(
+        "synthetic set written to %s: %d identities x %d images, %d verification pairs (%.1f s)",
+        out_dir,
+        cfg.identities,
+        cfg.per_identity,
+        cfg.pairs,
+        time.perf_counter() - start,
+    )
 
 
 def _recipe(cfg: SynthConfig) -> dict:
@@ -163,13 +171,18 @@ def ensure_synthetic(out_dir: str, cfg: SynthConfig) -> str:
         log.info("using cached synthetic set in %s", out_dir)
         return out_dir
     cfg.validate()
-    held = f"a synthetic set made with other settings ({', '.join(differing)}) and" if saved is not None \
+    held = (
+        f"a synthetic set made with other settings ({', '.join(differing)}) and"
+        if saved is not None
         else "no synthetic set fr wrote:"
+    )
     foreign = first_foreign(out_dir)
     if foreign:
         path, why = foreign
-        raise ForeignFileError(f"data.root={out_dir} holds {held} {path} {why}; fr replaces only files it wrote, "
-                               f"so choose another data.root for data.synthetic=true (or clear this one yourself)")
+        raise ForeignFileError(
+            f"data.root={out_dir} holds {held} {path} {why}; fr replaces only files it wrote, "
+            f"so choose another data.root for data.synthetic=true (or clear this one yourself)"
+        )
     if saved is not None:
         log.info("synthetic set in %s was made with other settings (%s); regenerating", out_dir, ", ".join(differing))
     generate(out_dir, cfg, command="fr-train data.synthetic=true")

@@ -1,4 +1,5 @@
 """The canonical drawing frame (a 112x112 ArcFace crop) and the point-set primitives every shape is built from."""
+
 from __future__ import annotations
 
 import numpy as np

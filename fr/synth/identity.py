@@ -3,6 +3,7 @@
 Every draw is a pure function of ``(seed, identity)`` or ``(seed, identity, image)`` through
 ``numpy.random.SeedSequence`` spawn keys, so splitting the work across processes in any way renders the same bytes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,6 +1,7 @@
 """Images of synthetic identities: one face under random nuisance (pose, expression, light, colour, blur, noise,
 occlusion, cluttered background) drawn into an ArcFace-style aligned crop (eyes near y=51, nose tip near y=71,
 mouth near y=92 at 112x112)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

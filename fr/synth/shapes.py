@@ -1,4 +1,5 @@
 """The draw list of one face: every polygon and line of an identity under an expression, in canonical coordinates."""
+
 from __future__ import annotations
 
 from typing import List, NamedTuple
@@ -107,14 +108,19 @@ def _front_hair(sh: Shapes, idn: Identity) -> None:
         brow_top = idn.eye_y - idn.brow_gap - 3
         xs = np.linspace(-a * 0.95, a * 0.95, 13)
         ys = brow_top - 1.5 * (np.arange(13) % 2) - 4 * (np.abs(xs) / a) ** 2
-        top_edge = np.array([[_CX + a * 0.97, temple_y], [_CX + a * 0.9, hl - 3], [_CX - a * 0.9, hl - 3],
-                             [_CX - a * 0.97, temple_y]])
+        top_edge = np.array(
+            [[_CX + a * 0.97, temple_y], [_CX + a * 0.9, hl - 3], [_CX - a * 0.9, hl - 3], [_CX - a * 0.97, temple_y]]
+        )
         sh.poly(np.concatenate([top_edge, np.stack([_CX + xs, ys], 1)]), hc, depth=0.6)
     elif style == "side_part":
         side = 1 if idn.hair_part >= 0 else -1
         swoop = np.array(
-            [[_CX + side * 4, top - th], [_CX - side * (a + th * 0.5), top + 6],
-             [_CX - side * (a * 0.7), hl + 8], [_CX + side * 2, hl - 1]]
+            [
+                [_CX + side * 4, top - th],
+                [_CX - side * (a + th * 0.5), top + 6],
+                [_CX - side * (a * 0.7), hl + 8],
+                [_CX + side * 2, hl - 1],
+            ]
         )
         sh.poly(swoop, hc, depth=0.5)
     elif style == "bun":
@@ -122,8 +128,12 @@ def _front_hair(sh: Shapes, idn: Identity) -> None:
     elif style == "long":
         for side in (-1, 1):
             strand = np.array(
-                [[_CX + side * (a + th), temple_y - 4], [_CX + side * (a - 3), temple_y],
-                 [_CX + side * (a - 1), idn.chin_y - 18], [_CX + side * (a + th + 3), idn.chin_y + 2 * th]]
+                [
+                    [_CX + side * (a + th), temple_y - 4],
+                    [_CX + side * (a - 3), temple_y],
+                    [_CX + side * (a - 1), idn.chin_y - 18],
+                    [_CX + side * (a + th + 3), idn.chin_y + 2 * th],
+                ]
             )
             sh.poly(strand, hc, depth=0.2)
 
@@ -133,15 +143,20 @@ def _head(sh: Shapes, idn: Identity) -> None:
     a, b = idn.face_half_width, idn.face_half_height
     cy = idn.chin_y - b
     skin = idn.skin
-    neck = np.array([[_CX - 0.6 * a, cy + 0.3 * b], [_CX + 0.6 * a, cy + 0.3 * b],
-                     [_CX + 0.62 * a, 140], [_CX - 0.62 * a, 140]])
+    neck = np.array(
+        [[_CX - 0.6 * a, cy + 0.3 * b], [_CX + 0.6 * a, cy + 0.3 * b], [_CX + 0.62 * a, 140], [_CX - 0.62 * a, 140]]
+    )
     sh.poly(neck, mix(skin, (30, 20, 20), 0.2), depth=0.0, z=-8)
     for side in (-1, 1):
         ear = ellipse(_CX + side * (a - 1), idn.eye_y + 7, 5.5 * idn.ear_size, 10 * idn.ear_size, 14)
         sh.poly(ear, mix(skin, (40, 20, 20), 0.12), depth=0.0, z=-6)
         if idn.earrings:
-            sh.poly(ellipse(_CX + side * (a + 1), idn.eye_y + 7 + 10 * idn.ear_size, 1.8, 1.8, 8), (215, 185, 70),
-                    depth=0.0, z=-5)
+            sh.poly(
+                ellipse(_CX + side * (a + 1), idn.eye_y + 7 + 10 * idn.ear_size, 1.8, 1.8, 8),
+                (215, 185, 70),
+                depth=0.0,
+                z=-5,
+            )
     sh.poly(face_outline(idn), skin, depth=0.0)
 
 
@@ -156,8 +171,15 @@ def _facial_hair_and_mole(sh: Shapes, idn: Identity) -> None:
         outline = face_outline(idn, 48)
         low = outline[outline[:, 1] > idn.nose_y - 4]
         low = low[np.argsort(np.arctan2(low[:, 1] - cy, low[:, 0] - _CX))]
-        inner = np.array([[_CX - mw / 2 - 3, my - 6], [_CX - mw / 2 - 2, my + 2], [_CX, my + 6 + idn.lip_lower],
-                          [_CX + mw / 2 + 2, my + 2], [_CX + mw / 2 + 3, my - 6]])
+        inner = np.array(
+            [
+                [_CX - mw / 2 - 3, my - 6],
+                [_CX - mw / 2 - 2, my + 2],
+                [_CX, my + 6 + idn.lip_lower],
+                [_CX + mw / 2 + 2, my + 2],
+                [_CX + mw / 2 + 3, my - 6],
+            ]
+        )
         sh.poly(np.concatenate([low, inner]), hc if fh == "beard" else (*hc, 70))
     elif fh == "goatee":
         top = my + idn.lip_lower
@@ -165,9 +187,18 @@ def _facial_hair_and_mole(sh: Shapes, idn: Identity) -> None:
     if fh in ("moustache", "beard"):
         lip_top = my - idn.lip_upper
         top = max(idn.nose_y + 4, lip_top - 5)
-        must = np.array([[_CX - mw * 0.32, top + 0.5], [_CX, top], [_CX + mw * 0.32, top + 0.5],
-                         [_CX + mw / 2 + 1.5, my + 2], [_CX + mw * 0.25, lip_top - 0.5], [_CX, lip_top - 1],
-                         [_CX - mw * 0.25, lip_top - 0.5], [_CX - mw / 2 - 1.5, my + 2]])
+        must = np.array(
+            [
+                [_CX - mw * 0.32, top + 0.5],
+                [_CX, top],
+                [_CX + mw * 0.32, top + 0.5],
+                [_CX + mw / 2 + 1.5, my + 2],
+                [_CX + mw * 0.25, lip_top - 0.5],
+                [_CX, lip_top - 1],
+                [_CX - mw * 0.25, lip_top - 0.5],
+                [_CX - mw / 2 - 1.5, my + 2],
+            ]
+        )
         sh.poly(must, hc)
     mole = idn.mole
     if mole.radius > 0:
@@ -220,7 +251,7 @@ def _mouth(sh: Shapes, idn: Identity, expr: Expression, dark) -> None:
     line_y = my + curve * (1 - t**2) - 0.6 * curve * t**4
     gap = expr.mouth_open * (1 - t**2)
     mx = _CX + mw / 2 * t
-    top_lip = np.stack([mx, line_y - gap / 2 - idn.lip_upper * (1 - t**2) ** 0.7 + 0.8 * np.exp(-(t * 6) ** 2)], 1)
+    top_lip = np.stack([mx, line_y - gap / 2 - idn.lip_upper * (1 - t**2) ** 0.7 + 0.8 * np.exp(-((t * 6) ** 2))], 1)
     bot_lip = np.stack([mx, line_y + gap / 2 + idn.lip_lower * (1 - t**2) ** 0.6], 1)
     up_edge = np.stack([mx, line_y - gap / 2], 1)
     low_edge = np.stack([mx, line_y + gap / 2], 1)
@@ -246,15 +277,30 @@ def _glasses(sh: Shapes, idn: Identity) -> None:
         if idn.glasses == "round":
             lens = ellipse(ex, idn.eye_y + 1, rx, ry, 20)
         else:
-            lens = superellipse(ex, idn.eye_y + 1, rx * (1.12 if idn.glasses == "wide" else 1.0), ry,
-                                0.35 if idn.glasses == "rect" else 0.5)
+            lens = superellipse(
+                ex,
+                idn.eye_y + 1,
+                rx * (1.12 if idn.glasses == "wide" else 1.0),
+                ry,
+                0.35 if idn.glasses == "rect" else 0.5,
+            )
         if idn.glasses_tint > 0:
             sh.poly(lens, (20, 25, 30, int(255 * idn.glasses_tint)), z=4)
         sh.line(np.concatenate([lens, lens[:1]]), gc, 1.6, z=4)
         outer_x = ex + side * rx * (1.12 if idn.glasses == "wide" else 1.0)
         sh.line(np.array([[outer_x, idn.eye_y], [_CX + side * (a - 1), idn.eye_y + 3]]), gc, 1.4, z=2)
-    sh.line(np.array([[_CX - idn.eye_spacing / 2 + rx - 1, idn.eye_y - 1], [_CX, idn.eye_y - 2.5],
-                      [_CX + idn.eye_spacing / 2 - rx + 1, idn.eye_y - 1]]), gc, 1.4, z=5)
+    sh.line(
+        np.array(
+            [
+                [_CX - idn.eye_spacing / 2 + rx - 1, idn.eye_y - 1],
+                [_CX, idn.eye_y - 2.5],
+                [_CX + idn.eye_spacing / 2 - rx + 1, idn.eye_y - 1],
+            ]
+        ),
+        gc,
+        1.4,
+        z=5,
+    )
 
 
 def face_shapes(idn: Identity, expr: Expression) -> Shapes:

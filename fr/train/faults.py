@@ -1,5 +1,6 @@
 """Skipped steps: what a forward pass changes besides the weights, restored when its update is skipped, and the
 error that ends a run after too many non-finite steps in a row."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Sequence, Tuple
@@ -50,8 +51,9 @@ class ForwardState:
         else:
             for live, copies in self._groups.values():
                 torch._foreach_copy_(copies, live)
-        self._extra = [(m, m.get_extra_state()) for module in self.modules for m in module.modules()
-                       if _overrides_extra_state(m)]
+        self._extra = [
+            (m, m.get_extra_state()) for module in self.modules for m in module.modules() if _overrides_extra_state(m)
+        ]
         self._rng = {"cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             self._rng["cuda"] = torch.cuda.get_rng_state(self.device)

@@ -4,6 +4,7 @@ The head (Partial FC) is model-parallel: each rank holds its own class shard, so
 backbone strategy and nothing of it is ever averaged across ranks. Its schedule is the backbone's, stepped in
 lockstep: only on steps whose backbone update was applied.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict
@@ -51,8 +52,11 @@ class Head:
         """The module (this rank's shard), its optimizer and schedule, once the last batch has passed its
         check: no checkpoint holds an update from a batch that broke the head's rules."""
         self.check()
-        return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict()}
+        return {
+            "module": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.module.load_state_dict(state["module"])

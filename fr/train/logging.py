@@ -1,4 +1,5 @@
 """Training metrics to the console and TensorBoard: loss, lr, throughput (samples/s), ETA and skipped steps."""
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,14 @@ class MetricLogger:
     log points: the training loop never waits for it. A skipped step counts towards throughput, not the loss.
     """
 
-    def __init__(self, tensorboard_dir: Optional[str], global_batch: int, total_steps: int, enabled: bool,
-                 purge_step: Optional[int] = None):
+    def __init__(
+        self,
+        tensorboard_dir: Optional[str],
+        global_batch: int,
+        total_steps: int,
+        enabled: bool,
+        purge_step: Optional[int] = None,
+    ):
         self.enabled = enabled
         self.global_batch = global_batch
         self.total_steps = total_steps
@@ -63,8 +70,17 @@ class MetricLogger:
         extra = extra or {}
         if self.enabled:
             details = "".join(f"  {tag.split('/')[-1]} {value:.4g}" for tag, value in extra.items())
-            log.info("step %d/%d epoch %d  loss %.4f  lr %.5f  %.1f samples/s  eta %s%s",
-                     step, self.total_steps, epoch, loss, lr, throughput, format_duration(eta), details)
+            log.info(
+                "step %d/%d epoch %d  loss %.4f  lr %.5f  %.1f samples/s  eta %s%s",
+                step,
+                self.total_steps,
+                epoch,
+                loss,
+                lr,
+                throughput,
+                format_duration(eta),
+                details,
+            )
             self.scalars(step, {"train/loss": loss, "train/lr": lr, "train/samples_per_sec": throughput, **extra})
         self._loss_sum, self._loss_count, self._window_steps = None, 0, 0
         self._window_start = now

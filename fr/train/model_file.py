@@ -1,5 +1,6 @@
 """`model.pt`, the trained backbone's state_dict: atomic saves, reading one (fr's or insightface's) with one-line
 errors, and loading it into the backbone its run's config.json names."""
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,9 @@ def load_error(path: str, exc: Exception, what: str = "checkpoint") -> Checkpoin
     text = str(exc)
     refused = re.search(r"GLOBAL ([\w.]+)", text)
     if refused:
-        return CheckpointError(f"{path}: refused to load global '{refused.group(1)}' "
-                               "(a checkpoint holds only tensors and plain data)")
+        return CheckpointError(
+            f"{path}: refused to load global '{refused.group(1)}' (a checkpoint holds only tensors and plain data)"
+        )
     detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", text) or re.search(r"(\S.*)", text)
     reason = f": {detail.group(1).strip()}" if detail else ""
     return CheckpointError(f"{path}: not a readable {what} ({type(exc).__name__}{reason})")
@@ -53,7 +55,7 @@ def load_state_dict_file(path: str) -> Dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: expected a state_dict (a mapping of names to tensors)")
     # Checkpoints saved from a DDP-wrapped model carry a 'module.' prefix.
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -71,8 +73,10 @@ def load_into(model: nn.Module, state: Dict[str, torch.Tensor], source: str, bac
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
         if shapes:
             k = shapes[0]
-            parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: checkpoint {tuple(state[k].shape)} "
-                         f"vs model {tuple(own[k].shape)})")
+            parts.append(
+                f"{len(shapes)} shape mismatches (e.g. {k}: checkpoint {tuple(state[k].shape)} "
+                f"vs model {tuple(own[k].shape)})"
+            )
         raise CheckpointError(f"{source} does not match backbone {backbone_name!r}: {'; '.join(parts)}")
     model.load_state_dict(state, strict=True)
     return model
@@ -90,8 +94,12 @@ def find_run_config(checkpoint: str) -> Optional[Config]:
         raise CheckpointError(f"{path}: {exc}") from None
 
 
-def load_backbone(checkpoint: str, backbone: Optional[str] = None, embedding_size: Optional[int] = None,
-                  device: Optional[torch.device] = None) -> nn.Module:
+def load_backbone(
+    checkpoint: str,
+    backbone: Optional[str] = None,
+    embedding_size: Optional[int] = None,
+    device: Optional[torch.device] = None,
+) -> nn.Module:
     """Build the backbone for `checkpoint` (a run directory or a model.pt) and load its weights.
 
     The architecture comes from the run's config.json when present; `backbone`/`embedding_size` override it

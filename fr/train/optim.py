@@ -1,4 +1,5 @@
 """Optimizers and learning-rate schedules, looked up by name from the config."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable
@@ -49,9 +50,11 @@ def constant_factor(step: int, total_steps: int, warmup_steps: int, power: float
     return 1.0
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int,
-                    warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int, warmup_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step scheduler multiplying each group's base lr by the named schedule's factor."""
     schedule = SCHEDULES.get(cfg.schedule)
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: schedule(step, total_steps, warmup_steps, cfg.power))
+        optimizer, lambda step: schedule(step, total_steps, warmup_steps, cfg.power)
+    )

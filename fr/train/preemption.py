@@ -6,6 +6,7 @@ rank writes its checkpoint and the run ends with `TrainingInterrupted`. `fr-trai
 128 + the signal number, as a process killed by it would, so job scripts can requeue and continue with
 `train.resume=auto`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,11 @@ class TrainingInterrupted(RuntimeError):
 
     def __init__(self, signum: int, step: int, checkpoint: Optional[str]):
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
-        where = (f"resumable checkpoint {checkpoint}; continue with train.resume=auto" if checkpoint
-                 else "no checkpoint written (output.save_state=false)")
+        where = (
+            f"resumable checkpoint {checkpoint}; continue with train.resume=auto"
+            if checkpoint
+            else "no checkpoint written (output.save_state=false)"
+        )
         super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}: {where}")
 
     @property

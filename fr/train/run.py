@@ -1,4 +1,5 @@
 """Builds a training run from a Config (data, backbone, Partial FC head, optimizer, hooks) and runs it."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -87,14 +88,15 @@ def check_output_dir(cfg: Config) -> List[str]:
         what = "is a file" if existing == os.path.abspath(out_dir) else f"is under a file ({existing})"
         raise OutputError(f"output.dir={out_dir} {what}; expected a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"output.dir={out_dir}: {existing} is not writable (permissions or a read-only file "
-                          f"system)")
+        raise OutputError(f"output.dir={out_dir}: {existing} is not writable (permissions or a read-only file system)")
     found = run_artefacts(out_dir)
     if cfg.train.resume or not found:
         return []
     if not cfg.output.overwrite:
-        raise ConfigError(f"output.dir={out_dir} already holds an fr run ({found[0]}); continue it with "
-                          f"train.resume=auto, or replace it with output.overwrite=true")
+        raise ConfigError(
+            f"output.dir={out_dir} already holds an fr run ({found[0]}); continue it with "
+            f"train.resume=auto, or replace it with output.overwrite=true"
+        )
     return found
 
 
@@ -148,8 +150,10 @@ def start_outputs(cfg: Config, replacing: List[str]) -> None:
         if stale:
             log.info("removed %d temporary file(s) a stopped run left: %s", len(stale), ", ".join(stale))
         # output.overwrite is this invocation's choice: `fr-train OUTPUT/config.json` must ask again.
-        save_config(dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, overwrite=False)),
-                    os.path.join(out_dir, "config.json"))
+        save_config(
+            dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, overwrite=False)),
+            os.path.join(out_dir, "config.json"),
+        )
 
 
 def train(cfg: Config, env: Optional[DistEnv] = None) -> Dict[str, Any]:
@@ -163,8 +167,14 @@ def train(cfg: Config, env: Optional[DistEnv] = None) -> Dict[str, Any]:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     out_dir = cfg.output.dir
-    checkpoints = CheckpointManager(out_dir, env, resume=cfg.train.resume, every=cfg.output.checkpoint_every,
-                                    keep=cfg.output.keep_checkpoints, enabled=cfg.output.save_state)
+    checkpoints = CheckpointManager(
+        out_dir,
+        env,
+        resume=cfg.train.resume,
+        every=cfg.output.checkpoint_every,
+        keep=cfg.output.keep_checkpoints,
+        enabled=cfg.output.save_state,
+    )
     replacing = on_main(env, lambda: check_output_dir(cfg)) or []
     prepare_data(cfg, env)
     seed_everything(cfg.train.seed, env.rank)
@@ -181,10 +191,16 @@ def train(cfg: Config, env: Optional[DistEnv] = None) -> Dict[str, Any]:
     with settings_of("loss"):
         margin_loss = build_loss(cfg.loss.name, **cfg.loss.params)
     with settings_of("partial_fc"):
-        head = PartialFC(margin_loss, cfg.model.embedding_size, num_classes,
-                         sample_rate=cfg.partial_fc.sample_rate, env=env, seed=cfg.partial_fc.seed,
-                         update=cfg.partial_fc.update,
-                         interclass_filtering_threshold=cfg.partial_fc.interclass_filtering_threshold).to(env.device)
+        head = PartialFC(
+            margin_loss,
+            cfg.model.embedding_size,
+            num_classes,
+            sample_rate=cfg.partial_fc.sample_rate,
+            env=env,
+            seed=cfg.partial_fc.seed,
+            update=cfg.partial_fc.update,
+            interclass_filtering_threshold=cfg.partial_fc.interclass_filtering_threshold,
+        ).to(env.device)
 
     steps_per_epoch = len(loader)
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
@@ -193,29 +209,54 @@ def train(cfg: Config, env: Optional[DistEnv] = None) -> Dict[str, Any]:
     # sparse mode: the head's sampled rows are updated by the optimizer's own row-wise step.
     with settings_of("optim"):
         head_groups = [{"params": head.parameters()}]
-        head_optimizer = (build_sparse_optimizer(head_groups, [head], cfg.optim) if head.update == "sparse"
-                          else build_optimizer(head_groups, cfg.optim))
+        head_optimizer = (
+            build_sparse_optimizer(head_groups, [head], cfg.optim)
+            if head.update == "sparse"
+            else build_optimizer(head_groups, cfg.optim)
+        )
         schedule = lambda optimizer: build_scheduler(optimizer, cfg.optim, total_steps, warmup_steps)
-        strategy = STRATEGIES.build(cfg.train.strategy, backbone=backbone, env=env,
-                                    optimizer=lambda groups: build_optimizer(groups, cfg.optim), scheduler=schedule,
-                                    amp_dtype=amp_dtype_for(cfg.train.amp, env.device))
+        strategy = STRATEGIES.build(
+            cfg.train.strategy,
+            backbone=backbone,
+            env=env,
+            optimizer=lambda groups: build_optimizer(groups, cfg.optim),
+            scheduler=schedule,
+            amp_dtype=amp_dtype_for(cfg.train.amp, env.device),
+        )
         head_part = Head(head, head_optimizer, schedule(head_optimizer))
     global_batch = cfg.data.batch_size * env.world_size
 
     # Every check has passed: from here on the run writes into output.dir.
     on_main(env, lambda: start_outputs(cfg, replacing))
     # On resume, TensorBoard drops the events a crashed run logged after its last checkpoint.
-    metrics = MetricLogger(os.path.join(out_dir, "tensorboard") if cfg.output.tensorboard else None,
-                           global_batch, total_steps, enabled=env.is_main,
-                           purge_step=resumed_step + 1 if resumed_step is not None else None)
+    metrics = MetricLogger(
+        os.path.join(out_dir, "tensorboard") if cfg.output.tensorboard else None,
+        global_batch,
+        total_steps,
+        enabled=env.is_main,
+        purge_step=resumed_step + 1 if resumed_step is not None else None,
+    )
     evaluate = (lambda model, step: hook(model, step, metrics.scalars)) if hook else None
-    log.info("training %s on %d images, %d classes, %d rank(s), global batch %d, %d steps (%d per epoch)",
-             cfg.model.backbone, len(loader.dataset), num_classes, env.world_size, global_batch,
-             total_steps, steps_per_epoch)
+    log.info(
+        "training %s on %d images, %d classes, %d rank(s), global batch %d, %d steps (%d per epoch)",
+        cfg.model.backbone,
+        len(loader.dataset),
+        num_classes,
+        env.world_size,
+        global_batch,
+        total_steps,
+        steps_per_epoch,
+    )
 
-    options = TrainOptions(total_steps=total_steps, log_every=cfg.train.log_every, eval_every=cfg.eval.every,
-                           clip_grad_norm=cfg.optim.clip_grad_norm, exact_backbone_grad=cfg.train.exact_backbone_grad,
-                           channels_last=cfg.train.channels_last, max_nonfinite_steps=cfg.train.max_nonfinite_steps)
+    options = TrainOptions(
+        total_steps=total_steps,
+        log_every=cfg.train.log_every,
+        eval_every=cfg.eval.every,
+        clip_grad_norm=cfg.optim.clip_grad_norm,
+        exact_backbone_grad=cfg.train.exact_backbone_grad,
+        channels_last=cfg.train.channels_last,
+        max_nonfinite_steps=cfg.train.max_nonfinite_steps,
+    )
     trainer = Trainer(strategy, head_part, loader, checkpoints, options, metrics=metrics, evaluate=evaluate)
     if resumed_step is None and evaluate and cfg.eval.at_start:
         trainer.eval_results[0] = evaluate(backbone, 0)
@@ -234,28 +275,43 @@ def train(cfg: Config, env: Optional[DistEnv] = None) -> Dict[str, Any]:
             results = write_results(out_dir, trainer, loader, num_classes, env, train_seconds, hook.errors)
     barrier(env)
     if results.get("verification_error"):
-        raise EvaluationFailed(f"verification failed: {results['verification_error']}; model.pt and results.json "
-                               f"were written to {out_dir} (the traceback is in the log)", results)
+        raise EvaluationFailed(
+            f"verification failed: {results['verification_error']}; model.pt and results.json "
+            f"were written to {out_dir} (the traceback is in the log)",
+            results,
+        )
     return results
 
 
-def write_results(out_dir: str, trainer: Trainer, loader, num_classes: int, env: DistEnv, train_seconds: float,
-                  eval_errors: List[str]) -> Dict[str, Any]:
+def write_results(
+    out_dir: str, trainer: Trainer, loader, num_classes: int, env: DistEnv, train_seconds: float, eval_errors: List[str]
+) -> Dict[str, Any]:
     """Write model.pt and results.json (main rank), with the first failed evaluation if any; returns the results."""
     state = trainer.state
     atomic_save(trainer.strategy.export_backbone(), os.path.join(out_dir, "model.pt"))
     final = trainer.eval_results.get(state.step, {})
     untrained = trainer.eval_results.get(0, {})
     results: Dict[str, Any] = {
-        "steps": state.step, "epochs": state.epoch, "world_size": env.world_size,
-        "num_images": len(loader.dataset), "num_classes": num_classes,
-        "final_loss": state.last_loss, "skipped_steps": state.skipped_steps, "train_seconds": round(train_seconds, 2),
-        "verification_untrained": untrained, "verification": final,
-        "history": state.history, "checkpoint": os.path.join(out_dir, "model.pt"),
+        "steps": state.step,
+        "epochs": state.epoch,
+        "world_size": env.world_size,
+        "num_images": len(loader.dataset),
+        "num_classes": num_classes,
+        "final_loss": state.last_loss,
+        "skipped_steps": state.skipped_steps,
+        "train_seconds": round(train_seconds, 2),
+        "verification_untrained": untrained,
+        "verification": final,
+        "history": state.history,
+        "checkpoint": os.path.join(out_dir, "model.pt"),
         # Floating-point sums follow the thread count and the CPU's instruction set: a figure is reproducible
         # bit for bit only where these match (docs/benchmarks.md, main job).
-        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "device": str(env.device)},
+        "environment": {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "device": str(env.device),
+        },
     }
     if eval_errors:
         more = f" (and {len(eval_errors) - 1} more failure(s), see the log)" if len(eval_errors) > 1 else ""
@@ -263,6 +319,10 @@ def write_results(out_dir: str, trainer: Trainer, loader, num_classes: int, env:
     atomic_write_json(os.path.join(out_dir, "results.json"), results)
     for name in final:
         before = untrained.get(name, {}).get("accuracy")
-        log.info("%s: accuracy untrained %s -> trained %.4f", name,
-                 f"{before:.4f}" if before is not None else "n/a", final[name]["accuracy"])
+        log.info(
+            "%s: accuracy untrained %s -> trained %.4f",
+            name,
+            f"{before:.4f}" if before is not None else "n/a",
+            final[name]["accuracy"],
+        )
     return results

@@ -9,6 +9,7 @@ a loss scaler may skip it) or `skip()`. The Partial FC head and its optimizer
 stay outside every strategy: the head is model-parallel (each rank owns a class shard), so nothing of it may
 be averaged across ranks; only its gradients share the backbone's loss scale, hence `unscale_`.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -33,8 +34,14 @@ class DDPStrategy:
     GradScaler for fp16 (off otherwise). `module` is the plain backbone (evaluation, `model.pt`), `model` the
     wrapped one the forward goes through. Clipping covers the backbone's gradients only (as arcface_torch)."""
 
-    def __init__(self, backbone: nn.Module, env: DistEnv, optimizer: OptimizerFactory, scheduler: SchedulerFactory,
-                 amp_dtype: Optional[torch.dtype] = None):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        env: DistEnv,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory,
+        amp_dtype: Optional[torch.dtype] = None,
+    ):
         self.env, self.amp_dtype = env, amp_dtype
         self.module = backbone
         self.model = self.wrap(backbone)
@@ -101,8 +108,12 @@ class DDPStrategy:
         return {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+        return {
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.module.load_state_dict(state["model"])

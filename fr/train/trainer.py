@@ -1,5 +1,6 @@
 """The training loop: forward, backward, clip, step or skip, log, evaluate, checkpoint. Knows no particular
 loss, model or launcher: the backbone trains through a strategy (fr.train.strategy), the head beside it."""
+
 from __future__ import annotations
 
 import logging
@@ -20,6 +21,7 @@ from fr.train.preemption import TrainingInterrupted
 log = logging.getLogger("fr.train")
 
 EvalFn = Callable[[nn.Module, int], Dict[str, Dict[str, float]]]
+
 
 @dataclass
 class TrainOptions:
@@ -56,8 +58,16 @@ class Trainer:
     every step. `stop_requested` (set by the caller) returns a pending signal number, or 0.
     """
 
-    def __init__(self, strategy, head: Head, loader, checkpoints: Optional[CheckpointManager],
-                 options: TrainOptions, metrics: Optional[MetricLogger] = None, evaluate: Optional[EvalFn] = None):
+    def __init__(
+        self,
+        strategy,
+        head: Head,
+        loader,
+        checkpoints: Optional[CheckpointManager],
+        options: TrainOptions,
+        metrics: Optional[MetricLogger] = None,
+        evaluate: Optional[EvalFn] = None,
+    ):
         self.strategy, self.head, self.loader, self.checkpoints = strategy, head, loader, checkpoints
         self.options, self.evaluate = options, evaluate
         self.env = strategy.env
@@ -91,8 +101,13 @@ class Trainer:
             loss = head.module(embeddings, labels)
         strategy.backward(loss)
         strategy.unscale_(head.optimizer)
-        values = torch.stack([loss.detach().float(), strategy.clip_grad_norm(self.options.clip_grad_norm).float(),
-                              head.grad_norm().float()])
+        values = torch.stack(
+            [
+                loss.detach().float(),
+                strategy.clip_grad_norm(self.options.clip_grad_norm).float(),
+                head.grad_norm().float(),
+            ]
+        )
         nonfinite, self._stop = self._agree(values)
         if nonfinite:
             strategy.skip()
@@ -108,8 +123,9 @@ class Trainer:
         """The step's one host read: whether any rank has a non-finite value, and the largest signal number any
         rank was asked to stop with, agreed with one small max-reduction."""
         signum = self.stop_requested() if self.stop_requested is not None else 0
-        flags = torch.stack([(~torch.isfinite(values)).any().long(),
-                             torch.full((), signum, dtype=torch.long, device=values.device)])
+        flags = torch.stack(
+            [(~torch.isfinite(values)).any().long(), torch.full((), signum, dtype=torch.long, device=values.device)]
+        )
         nonfinite, signum = all_reduce(flags, self.env, op="max").tolist()
         return bool(nonfinite), int(signum)
 
@@ -128,14 +144,20 @@ class Trainer:
             what = f"the loss became {loss}"
         else:
             what = f"the gradient norm became non-finite (backbone {backbone_norm}, head {head_norm})"
-        log.warning("step %d skipped, no update: %s; %d in a row, %d in all", step, what, state.nonfinite_streak,
-                    state.skipped_steps)
+        log.warning(
+            "step %d skipped, no update: %s; %d in a row, %d in all",
+            step,
+            what,
+            state.nonfinite_streak,
+            state.skipped_steps,
+        )
         limit = self.options.max_nonfinite_steps
         if state.nonfinite_streak >= limit:
             raise NonFiniteLossError(
                 f"{what} at step {step}; steps {step - limit + 1} to {step} were all skipped "
                 f"(train.max_nonfinite_steps={limit}): try a lower optim.lr, gradient clipping "
-                f"(optim.clip_grad_norm > 0) or train.amp=off, or check the data; the last good checkpoint is kept")
+                f"(optim.clip_grad_norm > 0) or train.amp=off, or check the data; the last good checkpoint is kept"
+            )
 
     # ------------------------------------------------------------------------------------------ the loop
     def extra_scalars(self) -> Dict[str, float]:
@@ -163,15 +185,25 @@ class Trainer:
     def state_dict(self) -> Dict[str, Any]:
         """The loop's own counters (the checkpoint manager saves the other parts beside them)."""
         state = self.state
-        return {"step": state.step, "epoch": state.epoch, "last_loss": self._settle_loss(),
-                "skipped_steps": state.skipped_steps, "nonfinite_streak": state.nonfinite_streak,
-                "history": state.history, "eval_results": self.eval_results}
+        return {
+            "step": state.step,
+            "epoch": state.epoch,
+            "last_loss": self._settle_loss(),
+            "skipped_steps": state.skipped_steps,
+            "nonfinite_streak": state.nonfinite_streak,
+            "history": state.history,
+            "eval_results": self.eval_results,
+        }
 
     def load_state_dict(self, saved: Dict[str, Any]) -> None:
-        self.state = TrainState(step=int(saved["step"]), epoch=int(saved["epoch"]),
-                                last_loss=float(saved["last_loss"]), skipped_steps=int(saved["skipped_steps"]),
-                                nonfinite_streak=int(saved["nonfinite_streak"]),
-                                history={k: [tuple(v) for v in values] for k, values in saved["history"].items()})
+        self.state = TrainState(
+            step=int(saved["step"]),
+            epoch=int(saved["epoch"]),
+            last_loss=float(saved["last_loss"]),
+            skipped_steps=int(saved["skipped_steps"]),
+            nonfinite_streak=int(saved["nonfinite_streak"]),
+            history={k: [tuple(v) for v in values] for k, values in saved["history"].items()},
+        )
         self.eval_results = dict(saved["eval_results"])
         self._last_loss = None
 
@@ -184,8 +216,9 @@ class Trainer:
 
     def fit(self) -> TrainState:
         if self.checkpoints is not None and self.checkpoints.load():
-            log.info("resumed from %s at step %d (epoch %d)", self.checkpoints.resume_dir, self.state.step,
-                     self.state.epoch)
+            log.info(
+                "resumed from %s at step %d (epoch %d)", self.checkpoints.resume_dir, self.state.step, self.state.epoch
+            )
         state, options = self.state, self.options
         start = time.perf_counter()
         while state.step < options.total_steps:
@@ -213,6 +246,10 @@ class Trainer:
         self._settle_loss()
         self._save(force=True)
         self.run_evaluation()
-        log.info("training done: %d steps (%d skipped) in %.1f s", state.step, state.skipped_steps,
-                 time.perf_counter() - start)
+        log.info(
+            "training done: %d steps (%d skipped) in %.1f s",
+            state.step,
+            state.skipped_steps,
+            time.perf_counter() - start,
+        )
         return state

@@ -1,4 +1,5 @@
 """Periodic verification during training: the configured .bin sets, logged to console and TensorBoard."""
+
 from __future__ import annotations
 
 import logging
@@ -39,8 +40,9 @@ class VerificationHook:
     """Loads and checks the sets on the main rank (`load`, before training); `__call__` evaluates there while
     the other ranks wait. A failing evaluation is logged and kept in `errors`, and training goes on."""
 
-    def __init__(self, bins: List[str], data_root: str, env: DistEnv, batch_size: int, image_size: int = 112,
-                 folds: int = FOLDS):
+    def __init__(
+        self, bins: List[str], data_root: str, env: DistEnv, batch_size: int, image_size: int = 112, folds: int = FOLDS
+    ):
         self.env = env
         self.enabled = bool(bins)  # the same on every rank, so all of them take part in the barrier
         self.bins, self.data_root, self.image_size = list(bins), data_root, image_size
@@ -56,8 +58,10 @@ class VerificationHook:
             path = resolve_bin(item, self.data_root)
             images, issame = load_bin(path, image_size=self.image_size)
             if len(issame) < self.folds:
-                raise BinFormatError(f"{path}: {len(issame)} pairs, but the {self.folds}-fold verification "
-                                     f"protocol needs at least {self.folds}")
+                raise BinFormatError(
+                    f"{path}: {len(issame)} pairs, but the {self.folds}-fold verification "
+                    f"protocol needs at least {self.folds}"
+                )
             name = os.path.splitext(os.path.basename(path))[0]
             self.sets.append((name, images, issame))
             log.info("verification set %s: %d pairs", name, len(issame))
@@ -82,9 +86,20 @@ class VerificationHook:
         embeddings = embed_images(model, images, batch_size=self.batch_size, device=self.env.device)
         result = evaluate(embeddings, issame, nrof_folds=self.folds)
         self.best[name] = max(self.best.get(name, 0.0), result.accuracy)
-        log.info("[%s][%d] accuracy-flip %.5f +- %.5f  xnorm %.3f  best %.5f",
-                 name, step, result.accuracy, result.std, result.xnorm, self.best[name])
+        log.info(
+            "[%s][%d] accuracy-flip %.5f +- %.5f  xnorm %.3f  best %.5f",
+            name,
+            step,
+            result.accuracy,
+            result.std,
+            result.xnorm,
+            self.best[name],
+        )
         if scalars is not None:
             scalars(step, {f"val/{name}_accuracy": result.accuracy, f"val/{name}_xnorm": result.xnorm})
-        return {"accuracy": float(result.accuracy), "std": float(result.std),
-                "xnorm": float(result.xnorm), "best": self.best[name]}
+        return {
+            "accuracy": float(result.accuracy),
+            "std": float(result.std),
+            "xnorm": float(result.xnorm),
+            "best": self.best[name],
+        }

@@ -4,6 +4,7 @@ Test functions get shared resources as fixtures (tests/conftest.py: record direc
 runner, the tiny run, ONNX export); code that cannot take fixtures (module-level constants, helpers called
 inside a spawned worker) imports from here.
 """
+
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository

@@ -1,4 +1,5 @@
 """A run directory as fr-train leaves it, for the evaluation tests: config.json and a slim iresnet18's model.pt."""
+
 import torch
 
 from fr.config import Config, save_config

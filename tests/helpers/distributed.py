@@ -14,6 +14,7 @@ Each worker runs with torch.set_num_threads(1), on CPU, in a fresh `spawn` proce
 module by name (tests is a package, so `tests.test_foo`). An exception in any worker fails the call with that
 worker's traceback; a collective that never completes fails after `timeout_s` instead of hanging the test run.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,11 +39,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _worker(rank: int, fn: Callable[..., Any], world_size: int, port: int, out_dir: str, timeout_s: float,
-            args: tuple) -> None:
+def _worker(
+    rank: int, fn: Callable[..., Any], world_size: int, port: int, out_dir: str, timeout_s: float, args: tuple
+) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=timeout_s))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=timeout_s),
+    )
     # On failure the exception propagates without tearing the group down: a destroy could wait on peers
     # still inside a collective, and mp.spawn terminates them anyway.
     result = fn(rank, world_size, *args)
@@ -59,12 +66,14 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, timeout
     for attempt in range(_PORT_ATTEMPTS):
         with tempfile.TemporaryDirectory(prefix="fr_dist_") as out_dir:
             try:
-                mp.spawn(_worker, args=(fn, world_size, free_port(), out_dir, timeout_s, args),
-                         nprocs=world_size, join=True)
+                mp.spawn(
+                    _worker, args=(fn, world_size, free_port(), out_dir, timeout_s, args), nprocs=world_size, join=True
+                )
             except mp.ProcessRaisedException as exc:
                 if "address already in use" in str(exc).lower() and attempt + 1 < _PORT_ATTEMPTS:
                     continue
                 raise
-            return [torch.load(os.path.join(out_dir, f"rank{rank}.pt"), weights_only=False)
-                    for rank in range(world_size)]
+            return [
+                torch.load(os.path.join(out_dir, f"rank{rank}.pt"), weights_only=False) for rank in range(world_size)
+            ]
     raise AssertionError("unreachable")

@@ -1,4 +1,5 @@
 """Known 2-D similarity transforms, to place a face and check that alignment undoes it."""
+
 import numpy as np
 
 

@@ -1,4 +1,5 @@
 """Encoded test images: flat greys whose pixel value names the image, and seeded noise."""
+
 import io
 
 import numpy as np
@@ -37,5 +38,5 @@ def flip_probe(k, side=112) -> np.ndarray:
     """Image k with its top half a flat grey 3k naming it and its bottom half black on the left and white on the
     right, so that a horizontal flip shows."""
     pixels = flat(3 * k, side)
-    pixels[side // 2:, : side // 2], pixels[side // 2:, side // 2:] = 0, 255
+    pixels[side // 2 :, : side // 2], pixels[side // 2 :, side // 2 :] = 0, 255
     return pixels

@@ -1,4 +1,5 @@
 """Record sets in the insightface layout whose pixels name each image, and reading those names back."""
+
 import numpy as np
 import torch
 
