@@ -18,10 +18,9 @@ def check_run_outputs(out_dir, expect_world):
     assert set(results["verification"]) == {"synthetic_val"}
     assert 0.0 <= results["verification"]["synthetic_val"]["accuracy"] <= 1.0
     assert "synthetic_val" in results["verification_untrained"]
-    assert (
-        results["environment"]["threads"] == torch.get_num_threads()
-        and results["environment"]["torch"] == torch.__version__
-    )
+    environment = results["environment"]  # what a bitwise-reproducible figure depends on
+    assert environment["threads"] >= 1 and environment["torch"] == torch.__version__
+    assert environment["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     cfg = load_file(os.path.join(out_dir, "config.json"))
     state = torch.load(os.path.join(out_dir, "model.pt"), map_location="cpu", weights_only=True)
     model = build_backbone(cfg.model.backbone, num_features=cfg.model.embedding_size, **cfg.model.kwargs)
