@@ -24,6 +24,7 @@ class ConfigError(UserInputError):
 HeadUpdate = Literal["dense", "sparse"]
 Device = Literal["auto", "cpu", "cuda"]
 Amp = Literal["auto", "on", "off"]
+Freeze = Literal["", "backbone", "head"]
 # A margin loss keyword: the losses take floats, bools (exact_gradient, plus), ints (seed) and None (sigma).
 LossParam = Optional[Union[bool, int, float]]
 
@@ -125,12 +126,16 @@ class ModelConfig:
     embedding_size: int = 512
     dropout: float = 0.0
     kwargs: Dict[str, Any] = field(default_factory=dict)  # extra backbone keywords, e.g. {"scale": 1}
+    grad_checkpoint: bool = False  # recompute activations in the backward pass (less memory, ~30% more compute)
+    pretrained: str = ""  # start from a model.pt (fr's or insightface's) or a run / step directory
 
     def validate(self) -> None:
         from fr.models.registry import BACKBONES
 
         _check_choice("model.backbone", self.backbone, BACKBONES.choices())
         _positive("model.embedding_size", self.embedding_size)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclass
@@ -167,6 +172,7 @@ class PartialFCConfig:
     seed: int = 0
     update: HeadUpdate = "dense"  # dense | sparse (only sampled rows + their momentum; sgd only)
     interclass_filtering_threshold: float = 0.0  # 0 disables; softmax-type losses only
+    pretrained: str = ""  # start the class centres from a merged classifier (fr-export checkpoint) of as many classes
 
     def validate(self) -> None:
         if not 0.0 < self.sample_rate <= 1.0:
@@ -190,6 +196,7 @@ class OptimConfig:
     power: float = 2.0  # polynomial decay exponent
     warmup_epochs: float = 0.0
     clip_grad_norm: float = 5.0  # on the backbone's gradients; 0 disables
+    gradient_accumulation: int = 1  # loader batches per optimizer step (arcface_torch's gradient_acc)
 
     def validate(self) -> None:
         from fr.train.optim import OPTIMIZERS, SCHEDULES
@@ -200,6 +207,8 @@ class OptimConfig:
         _check_choice("optim.schedule", self.schedule, SCHEDULES.choices())
         _non_negative("optim.warmup_epochs", self.warmup_epochs)
         _non_negative("optim.clip_grad_norm", self.clip_grad_norm)
+        if self.gradient_accumulation < 1:
+            raise ConfigError(f"optim.gradient_accumulation must be >= 1, got {self.gradient_accumulation}")
 
 
 @dataclass
@@ -217,6 +226,8 @@ class TrainConfig:
     # or a run dir / its checkpoints dir / one step_* dir to continue from
     strategy: str = "ddp"  # how the backbone trains data-parallel (fr.train.strategy.STRATEGIES)
     max_nonfinite_steps: int = 20  # consecutive skipped (NaN/inf) steps that stop the run
+    deepspeed_config: str = ""  # a DeepSpeed JSON config, for train.strategy=deepspeed
+    freeze: Freeze = ""  # "backbone": train the head only (a warm start); "head": train the backbone only
 
     def validate(self) -> None:
         from fr.train.strategy import STRATEGIES
@@ -231,6 +242,7 @@ class TrainConfig:
         _check_choice("train.strategy", self.strategy, STRATEGIES.choices())
         if self.max_nonfinite_steps < 1:
             raise ConfigError(f"train.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
+        _check_choice("train.freeze", self.freeze, typing.get_args(Freeze))
 
 
 @dataclass
@@ -253,11 +265,17 @@ class OutputConfig:
     checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = at the end of every epoch
     keep_checkpoints: int = 1  # newest checkpoints kept; older ones are deleted once a newer one is whole
     overwrite: bool = False  # a fresh run may replace an earlier run's outputs in `dir` (else it is refused)
+    model_every: int = 0  # steps between model.pt snapshots during training; 0 = at the end of every epoch
+    wandb: bool = False  # also log to Weights & Biases (imported only when enabled)
+    wandb_project: str = ""
+    wandb_entity: str = ""
+    wandb_name: str = ""  # the run's name; "" = W&B's own
 
     def validate(self) -> None:
         _non_negative("output.checkpoint_every", self.checkpoint_every)
         if self.keep_checkpoints < 1:
             raise ConfigError(f"output.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        _non_negative("output.model_every", self.model_every)
 
 
 @dataclass

@@ -8,7 +8,7 @@ import os
 import re
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -156,8 +156,9 @@ def start_outputs(cfg: Config, replacing: List[str]) -> None:
         )
 
 
-def train(cfg: Config, env: Optional[DistEnv] = None) -> Dict[str, Any]:
+def train(cfg: Config, env: Optional[DistEnv] = None, listeners: Sequence[Any] = ()) -> Dict[str, Any]:
     """Train as configured; the main rank writes model.pt, config.json, results.json and TensorBoard logs.
+    `listeners` observe the training loop (fr.train.trainer.Trainer).
 
     Every check (output.dir, data, resume compatibility, evaluation sets) runs before anything is written.
     A failed evaluation still leaves model.pt and results.json, then raises EvaluationFailed.
@@ -257,7 +258,9 @@ def train(cfg: Config, env: Optional[DistEnv] = None) -> Dict[str, Any]:
         channels_last=cfg.train.channels_last,
         max_nonfinite_steps=cfg.train.max_nonfinite_steps,
     )
-    trainer = Trainer(strategy, head_part, loader, checkpoints, options, metrics=metrics, evaluate=evaluate)
+    trainer = Trainer(
+        strategy, head_part, loader, checkpoints, options, metrics=metrics, evaluate=evaluate, listeners=listeners
+    )
     if resumed_step is None and evaluate and cfg.eval.at_start:
         trainer.eval_results[0] = evaluate(backbone, 0)
     start = time.perf_counter()

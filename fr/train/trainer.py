@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -56,6 +56,11 @@ class Trainer:
     skipped on every rank: no update, no LR-schedule step, and the forward's other traces (ForwardState) are
     undone; its batch stays consumed. `checkpoints` (optional) is loaded once by `fit` and asked to save after
     every step. `stop_requested` (set by the caller) returns a pending signal number, or 0.
+
+    `listeners` observe the loop without changing it (e.g. a Ray Tune report, periodic model.pt snapshots):
+    each may define any of `on_step_end(trainer, step)`, `on_evaluation(trainer, step, results)` (results are
+    the main rank's; {} on the others), `on_checkpoint(trainer, step, path)`, `on_epoch_end(trainer, epoch)`
+    and `on_train_end(trainer)`; every rank calls them at the same points, so they may communicate.
     """
 
     def __init__(
@@ -67,9 +72,11 @@ class Trainer:
         options: TrainOptions,
         metrics: Optional[MetricLogger] = None,
         evaluate: Optional[EvalFn] = None,
+        listeners: Sequence[Any] = (),
     ):
         self.strategy, self.head, self.loader, self.checkpoints = strategy, head, loader, checkpoints
         self.options, self.evaluate = options, evaluate
+        self.listeners = list(listeners)
         self.env = strategy.env
         self.metrics = metrics or MetricLogger(None, 0, options.total_steps, enabled=False)
         self.memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
@@ -172,10 +179,19 @@ class Trainer:
             values[f"loss/{tag}"] = float(value)
         return values
 
+    def notify(self, event: str, **kwargs: Any) -> None:
+        """Call `event` on every listener that defines it (see the class docstring)."""
+        for listener in self.listeners:
+            handler = getattr(listener, event, None)
+            if handler is not None:
+                handler(self, **kwargs)
+
     def run_evaluation(self) -> None:
         if self.evaluate is None:
             return
-        self.eval_results[self.state.step] = self.evaluate(self.strategy.module, self.state.step)
+        step = self.state.step
+        self.eval_results[step] = self.evaluate(self.strategy.module, step)
+        self.notify("on_evaluation", step=step, results=self.eval_results[step])
 
     def _settle_loss(self) -> float:
         if self._last_loss is not None:
@@ -210,9 +226,11 @@ class Trainer:
     def _save(self, epoch_end: bool = False, force: bool = False) -> Optional[str]:
         if self.checkpoints is None:
             return None
-        if force:
-            return self.checkpoints.save(self.state.step)
-        return self.checkpoints.maybe_save(self.state.step, epoch_end=epoch_end)
+        step = self.state.step
+        path = self.checkpoints.save(step) if force else self.checkpoints.maybe_save(step, epoch_end=epoch_end)
+        if path:
+            self.notify("on_checkpoint", step=step, path=path)
+        return path
 
     def fit(self) -> TrainState:
         if self.checkpoints is not None and self.checkpoints.load():
@@ -235,6 +253,7 @@ class Trainer:
                 if options.eval_every and state.step % options.eval_every == 0 and state.step < options.total_steps:
                     self.run_evaluation()
                 self._save()
+                self.notify("on_step_end", step=state.step)
                 if state.step >= options.total_steps:
                     break
                 if self._stop:
@@ -242,10 +261,12 @@ class Trainer:
             else:  # the epoch ran to its end (a stop at total_steps mid-epoch leaves the epoch unfinished)
                 state.epoch += 1
                 self._save(epoch_end=True)
+                self.notify("on_epoch_end", epoch=state.epoch)
         self.head.check()
         self._settle_loss()
         self._save(force=True)
         self.run_evaluation()
+        self.notify("on_train_end")
         log.info(
             "training done: %d steps (%d skipped) in %.1f s",
             state.step,
