@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Sequence, Tuple, TypeVar
 
@@ -37,12 +38,15 @@ class Registry:
 
     `special` lists names such as "auto" that callers resolve themselves before a lookup: they are valid
     choices (in `choices()`, error messages and suggestions) but have no entry.
+    `alias(name, target, **defaults)` adds another name for an entry (e.g. arcface_torch's "r50"), optionally
+    with other keyword defaults; aliases are choices and resolve in `get`/`build`, but are not in `names()`.
     """
 
     def __init__(self, kind: str, special: Sequence[str] = ()):
         self.kind = kind
         self.special = tuple(special)
         self._entries: Dict[str, Callable[..., Any]] = {}
+        self._aliases: Dict[str, Tuple[str, Dict[str, Any]]] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(factory: T) -> T:
@@ -51,23 +55,43 @@ class Registry:
                     f"{self.kind} {name!r} is already registered "
                     f"by {getattr(self._entries[name], '__qualname__', self._entries[name])}"
                 )
-            if name in self.special:
+            if name in self.special or name in self._aliases:
                 raise ValueError(f"{self.kind} {name!r} is reserved")
             self._entries[name] = factory
             return factory
 
         return decorator
 
+    def alias(self, name: str, target: str, **defaults: Any) -> None:
+        """Make `name` another name for the registered `target`, with `defaults` replacing its keyword defaults."""
+        taken = name in self._entries or name in self.special
+        if taken or self._aliases.get(name, (target, defaults)) != (target, defaults):
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        factory = self.get(target)
+        if not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values()):
+            unknown = sorted(set(defaults) - set(keyword_names(factory)))
+            if unknown:
+                raise ValueError(f"{self.kind} alias {name!r}: {target!r} has no parameter {unknown[0]!r}")
+        self._aliases[name] = (target, dict(defaults))
+
+    def aliases(self) -> Dict[str, str]:
+        """alias -> the registered name it stands for."""
+        return {name: target for name, (target, _) in sorted(self._aliases.items())}
+
+    def resolve(self, name: str) -> str:
+        """The registered name behind `name` (itself when it is not an alias)."""
+        return self._aliases[name][0] if name in self._aliases else name
+
     def names(self) -> List[str]:
         """The registered names, sorted."""
         return sorted(self._entries)
 
     def choices(self) -> List[str]:
-        """Every name a config may give: the registered ones, then the special ones."""
-        return self.names() + list(self.special)
+        """Every name a config may give: the registered ones, the aliases, then the special ones."""
+        return self.names() + sorted(self._aliases) + list(self.special)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._entries or name in self._aliases
 
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._entries))
@@ -80,7 +104,11 @@ class Registry:
         return list(self._entries.items())
 
     def get(self, name: str) -> Callable[..., Any]:
-        """The factory registered as `name`; otherwise a one-line UnknownNameError with close matches."""
+        """The factory registered as `name` (an alias's: with its defaults bound); otherwise a one-line
+        UnknownNameError with close matches."""
+        if name in self._aliases:
+            target, defaults = self._aliases[name]
+            return functools.partial(self._entries[target], **defaults) if defaults else self._entries[target]
         if name not in self._entries:
             choices = self.choices()
             raise UnknownNameError(

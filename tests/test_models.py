@@ -111,8 +111,8 @@ def test_bad_kwarg_names_backbone_and_keyword():
     msg = str(err.value)
     assert "iresnet18" in msg and "num_feature" in msg and "num_features" in msg and "input_size" in msg
     assert "\n" not in msg
-    with pytest.raises(ValueError, match="mobilefacenet.*dropout"):
-        models.build_backbone("mobilefacenet", dropout=0.1)
+    with pytest.raises(ValueError, match="mobilefacenet.*width"):
+        models.build_backbone("mobilefacenet", width=16)
 
 
 def test_register_custom_and_duplicate(monkeypatch):
@@ -182,7 +182,7 @@ def test_iresnet_fp16_runs_trunk_low_precision_and_returns_fp32():
     def record(module, inputs, output):
         seen["dtype"] = output.dtype
 
-    model.layer4.register_forward_hook(record)
+    model.layer4[-1].register_forward_hook(record)  # stages run block by block
     with torch.no_grad():
         out = model(images())
         ref = models.build_backbone("iresnet18").eval()

@@ -3,26 +3,45 @@
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager, Optional, Sequence
+from typing import ContextManager, Optional, Sequence, Union
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from fr.models.registry import register_backbone
+from fr.models.registry import BACKBONES, register_backbone
 
 BN_EPS = 1e-5
 
 
-def trunk_autocast(device_type: str, enabled: bool) -> ContextManager:
-    """Mixed precision for a conv trunk: float16 on CUDA, bfloat16 elsewhere (CPU has no fast fp16 path).
+PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def trunk_autocast(device_type: str, enabled: Union[bool, str]) -> ContextManager:
+    """Mixed precision for a backbone's body: ``True`` is float16 on CUDA and bfloat16 elsewhere (CPU has no
+    fast fp16 path); ``"fp16"`` or ``"bf16"`` names the dtype.
 
     When disabled this is a no-op rather than ``autocast(enabled=False)``, so an autocast region opened by
     the caller still applies.
     """
-    if not enabled:
+    if enabled is False or enabled is None:
         return contextlib.nullcontext()
-    dtype = torch.float16 if device_type == "cuda" else torch.bfloat16
+    if isinstance(enabled, str):
+        if enabled not in PRECISIONS:
+            raise ValueError(f"fp16 must be true, false, 'fp16' or 'bf16', got {enabled!r}")
+        dtype = PRECISIONS[enabled]
+    else:
+        dtype = torch.float16 if device_type == "cuda" else torch.bfloat16
     return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def run_blocks(blocks: nn.Module, x: torch.Tensor, grad_checkpoint: bool) -> torch.Tensor:
+    """``blocks`` (a Sequential) one after another; with ``grad_checkpoint`` each block's activations are
+    recomputed in the backward pass instead of kept (BatchNorm statistics are then updated twice per step,
+    as in arcface_torch)."""
+    for block in blocks:
+        x = checkpoint(block, x, use_reentrant=False) if grad_checkpoint else block(x)
+    return x
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -65,7 +84,8 @@ def _stage(inplanes: int, planes: int, depth: int) -> nn.Sequential:
 class IResNet(nn.Module):
     """Images [B,3,S,S] in [-1,1] -> embeddings [B,num_features]; S must be a multiple of 16 (112 by default).
 
-    With ``fp16`` the conv trunk runs under autocast and ``fc``/``features`` in float32, as insightface does.
+    With ``fp16`` the conv trunk runs under autocast and ``fc``/``features`` in float32, as insightface does;
+    ``grad_checkpoint`` recomputes each residual unit in the backward pass (training only).
     ``width`` (64 in insightface) sets the stage widths to width*(1, 2, 4, 8), and ``stem_stride=2`` halves
     the resolution in the stem (S/32 rounded up at the end): both shrink the network for CPU runs
     while keeping the layout and key names.
@@ -76,10 +96,11 @@ class IResNet(nn.Module):
         layers: Sequence[int],
         num_features: int = 512,
         dropout: float = 0.0,
-        fp16: bool = False,
+        fp16: Union[bool, str] = False,
         input_size: int = 112,
         width: int = 64,
         stem_stride: int = 1,
+        grad_checkpoint: bool = False,
     ):
         super().__init__()
         if len(layers) != 4 or any(int(d) < 1 for d in layers):
@@ -93,6 +114,7 @@ class IResNet(nn.Module):
         self.num_features = num_features
         self.fp16 = fp16
         self.input_size = input_size
+        self.grad_checkpoint = grad_checkpoint
         widths = [width * f for f in (1, 2, 4, 8)]
 
         self.conv1 = _conv3x3(3, widths[0], stem_stride)
@@ -126,7 +148,9 @@ class IResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with trunk_autocast(x.device.type, self.fp16):
             x = self.prelu(self.bn1(self.conv1(x)))
-            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            recompute = self.grad_checkpoint and self.training
+            for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+                x = run_blocks(stage, x, recompute)
             x = self.dropout(torch.flatten(self.bn2(x), 1))
         x = self.fc(x.float() if self.fp16 else x)
         return self.features(x)
@@ -138,10 +162,11 @@ def _variant(name: str, layers: Sequence[int]):
     def factory(
         num_features: int = 512,
         dropout: float = 0.0,
-        fp16: bool = False,
+        fp16: Union[bool, str] = False,
         input_size: int = 112,
         width: int = 64,
         stem_stride: int = 1,
+        grad_checkpoint: bool = False,
     ) -> IResNet:
         return IResNet(
             layers,
@@ -151,6 +176,7 @@ def _variant(name: str, layers: Sequence[int]):
             input_size=input_size,
             width=width,
             stem_stride=stem_stride,
+            grad_checkpoint=grad_checkpoint,
         )
 
     factory.__name__ = factory.__qualname__ = name
@@ -163,3 +189,10 @@ iresnet34 = _variant("iresnet34", (3, 4, 6, 3))
 iresnet50 = _variant("iresnet50", (3, 4, 14, 3))
 iresnet100 = _variant("iresnet100", (3, 13, 30, 3))
 iresnet200 = _variant("iresnet200", (6, 26, 60, 6))
+
+# arcface_torch's network names (its configs' `network`); r2060 is not provided (1.2e9 parameters)
+BACKBONES.alias("r18", "iresnet18")
+BACKBONES.alias("r34", "iresnet34")
+BACKBONES.alias("r50", "iresnet50")
+BACKBONES.alias("r100", "iresnet100")
+BACKBONES.alias("r200", "iresnet200")

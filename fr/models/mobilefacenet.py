@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Union
 
 import torch
 from torch import nn
 
-from fr.models.iresnet import trunk_autocast
-from fr.models.registry import register_backbone
+from fr.models.iresnet import run_blocks, trunk_autocast
+from fr.models.registry import BACKBONES, register_backbone
 
 
 class LinearBlock(nn.Module):
@@ -67,9 +67,13 @@ class Residual(nn.Module):
 
 
 class GDC(nn.Module):
-    """Global depthwise conv head: linear depthwise k x k over the whole map, flatten, Linear, BN1d."""
+    """Global depthwise conv head: linear depthwise k x k over the whole map, flatten, (dropout), Linear, BN1d.
 
-    def __init__(self, num_features: int, kernel: int = 7, channels: int = 512):
+    The dropout is applied between the entries of ``layers`` so that their indices (the state_dict keys)
+    stay insightface's.
+    """
+
+    def __init__(self, num_features: int, kernel: int = 7, channels: int = 512, dropout: float = 0.0):
         super().__init__()
         self.layers = nn.Sequential(
             LinearBlock(channels, channels, kernel=kernel, groups=channels),
@@ -77,9 +81,11 @@ class GDC(nn.Module):
             nn.Linear(channels, num_features, bias=False),
             nn.BatchNorm1d(num_features),
         )
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        conv, flatten, fc, bn = self.layers
+        return bn(fc(self.dropout(flatten(conv(x)))))
 
 
 @register_backbone("mobilefacenet")
@@ -89,6 +95,8 @@ class MobileFaceNet(nn.Module):
     insightface's ``mbf``; ``blocks=(2, 8, 12, 4), scale=4`` gives ``mbf_large``.
     ``blocks`` are the residual unit counts of the four stages, ``scale`` multiplies the trunk widths (64, 128).
     With ``fp16`` the ``layers`` trunk runs under autocast and ``conv_sep``/``features`` in float32.
+    ``dropout`` acts before the embedding Linear; ``grad_checkpoint`` recomputes each unit of ``layers`` in the
+    backward pass (training only).
     """
 
     def __init__(
@@ -96,8 +104,10 @@ class MobileFaceNet(nn.Module):
         num_features: int = 512,
         blocks: Sequence[int] = (1, 4, 6, 2),
         scale: int = 2,
-        fp16: bool = False,
+        fp16: Union[bool, str] = False,
         input_size: int = 112,
+        dropout: float = 0.0,
+        grad_checkpoint: bool = False,
     ):
         super().__init__()
         blocks = tuple(int(b) for b in blocks)
@@ -112,6 +122,7 @@ class MobileFaceNet(nn.Module):
         self.num_features = num_features
         self.fp16 = fp16
         self.input_size = input_size
+        self.grad_checkpoint = grad_checkpoint
         narrow, wide = 64 * scale, 128 * scale
 
         if blocks[0] == 1:
@@ -130,7 +141,7 @@ class MobileFaceNet(nn.Module):
             Residual(wide, blocks[3], hidden=256),
         )
         self.conv_sep = ConvBlock(wide, 512)
-        self.features = GDC(num_features, kernel=input_size // 16)
+        self.features = GDC(num_features, kernel=input_size // 16, dropout=dropout)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -143,6 +154,31 @@ class MobileFaceNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with trunk_autocast(x.device.type, self.fp16):
-            x = self.layers(x)
+            x = run_blocks(self.layers, x, self.grad_checkpoint and self.training)
         x = self.conv_sep(x.float() if self.fp16 else x)
         return self.features(x)
+
+
+@register_backbone("mobilefacenet_large")
+def mobilefacenet_large(
+    num_features: int = 512,
+    fp16: Union[bool, str] = False,
+    input_size: int = 112,
+    dropout: float = 0.0,
+    grad_checkpoint: bool = False,
+) -> MobileFaceNet:
+    """arcface_torch's ``get_mbf_large``: 2/8/12/4 residual units, widths 256/512."""
+    return MobileFaceNet(
+        num_features,
+        blocks=(2, 8, 12, 4),
+        scale=4,
+        fp16=fp16,
+        input_size=input_size,
+        dropout=dropout,
+        grad_checkpoint=grad_checkpoint,
+    )
+
+
+# arcface_torch's network names
+BACKBONES.alias("mbf", "mobilefacenet")
+BACKBONES.alias("mbf_large", "mobilefacenet_large")
