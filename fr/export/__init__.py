@@ -1,0 +1,1 @@
+"""Exporting trained backbones for deployment (ONNX)."""
