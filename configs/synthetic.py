@@ -24,6 +24,7 @@ config.loss.name = "arcface"
 config.optim.name = "sgd"
 config.optim.lr = 0.1
 config.optim.warmup_epochs = 0.5
+config.optim.schedule, config.optim.power = "poly_legacy", 2.0  # the schedule the README's figure was measured with
 config.train.epochs = 6
 config.train.log_every = 50
 config.eval.bins = ["synthetic_val.bin"]

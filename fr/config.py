@@ -192,8 +192,8 @@ class OptimConfig:
     momentum: float = 0.9  # sgd only
     betas: Tuple[float, float] = (0.9, 0.999)  # adamw only
     weight_decay: float = 5e-4
-    schedule: str = "poly"  # poly | constant
-    power: float = 2.0  # polynomial decay exponent
+    schedule: str = "poly"  # poly (arcface_torch's) | poly_legacy | constant
+    power: float = 1.0  # polynomial decay exponent (1: arcface_torch's linear decay)
     warmup_epochs: float = 0.0
     clip_grad_norm: float = 5.0  # on the backbone's gradients; 0 disables
     gradient_accumulation: int = 1  # loader batches per optimizer step (arcface_torch's gradient_acc)
@@ -559,7 +559,11 @@ def inherit(recipe_file: str, base: str = "base.py") -> Config:
 
 
 def load_file(path: str) -> Config:
-    """Load a recipe: a Python file defining `config` (a Config), or a JSON file as saved by a run."""
+    """Load a recipe: a Python file defining `config` (a Config), an arcface_torch config (read by
+    fr.migrate.arcface_config), or a JSON file as saved by a run. A path without `.py` resolves as arcface_torch's."""
+    from fr.migrate.arcface_config import is_arcface_config, load_arcface_config, resolve_config_path
+
+    path = resolve_config_path(path)
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     if path.endswith(".json"):
@@ -573,6 +577,11 @@ def load_file(path: str) -> Config:
         return from_dict(data, source=path)
     if not path.endswith(".py"):
         raise ConfigError(f"{path}: config files are .py recipes or .json saved configs")
+    if is_arcface_config(path):
+        try:
+            return from_dict(load_arcface_config(path), source=path)
+        except UserInputError as exc:  # fr.migrate's own one-line errors
+            raise exc if isinstance(exc, ConfigError) else ConfigError(str(exc)) from None
     namespace = _run_recipe(path)
     cfg = namespace.get("config")
     if not isinstance(cfg, Config):

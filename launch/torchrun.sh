@@ -5,6 +5,7 @@
 #                       (each node with its own NODE_RANK; MASTER_ADDR is node 0, MASTER_PORT defaults to 29500)
 #   multi-node, c10d:   NNODES=2 RDZV_ENDPOINT=10.0.0.1:29500 RDZV_ID=job42 launch/torchrun.sh 8 CONFIG ...
 #                       (ranks are assigned by the rendezvous, so no NODE_RANK; NNODES=MIN:MAX is elastic)
+# CONFIG may also be an arcface_torch config file as it is, with or without .py (docs/migration.md).
 # MAX_RESTARTS (default 0) restarts the workers of every node after a failure (c10d rendezvous); pair it with
 # train.resume=auto so they continue from the last checkpoint.
 set -euo pipefail

@@ -154,7 +154,7 @@ SECTION_RULES = [
     ),
     ("optim", "lr", 0.0, "optim.lr must be > 0, got 0.0"),
     ("optim", "weight_decay", -1e-4, "optim.weight_decay must be >= 0, got -0.0001"),
-    ("optim", "schedule", "pol", "optim.schedule='pol' is not one of constant, poly (did you mean poly?)"),
+    ("optim", "schedule", "pol", "optim.schedule='pol' is not one of constant, poly, poly_legacy (did you mean poly?)"),
     ("train", "epochs", 0, "train.epochs or train.max_steps must be > 0"),
     ("train", "device", "gpu", "train.device='gpu' is not one of auto, cpu, cuda (did you mean cpu?)"),
     ("train", "amp", "of", "train.amp='of' is not one of auto, on, off (did you mean off?)"),

@@ -32,7 +32,7 @@ def _scheduler(name):
 # (what looks the name up, kind in the message, misspelt name, its suggestion, every accepted name in order)
 LOOKUPS = [
     (_optimizer, "optimizer", "adamww", "adamw", "adamw, sgd"),
-    (_scheduler, "LR schedule", "pol", "poly", "constant, poly"),
+    (_scheduler, "LR schedule", "pol", "poly", "constant, poly, poly_legacy"),
     (
         lambda name: build_loader(DataConfig(root="/nowhere", loader=name), DistEnv()),
         "data loader",
@@ -63,7 +63,7 @@ def test_unknown_name_is_one_line_with_a_suggestion(lookup, kind, typo, meant, a
 
 def test_registered_names_are_unchanged():
     # Config values are a contract: these are the names the plain dicts had.
-    assert OPTIMIZERS.names() == ["adamw", "sgd"] and SCHEDULES.names() == ["constant", "poly"]
+    assert OPTIMIZERS.names() == ["adamw", "sgd"] and SCHEDULES.names() == ["constant", "poly", "poly_legacy"]
     assert LOADERS.names() == ["dali", "torch"] and LOADERS.choices() == ["dali", "torch", "auto"]
     assert list(DECODERS) == ["simplejpeg", "pillow"]  # fastest first: "auto" takes the first installed
     assert AUGMENTS.names() == DALI_AUGMENTS.names() == ["blur", "gray", "hsv", "resize"]
@@ -111,7 +111,7 @@ def test_auto_decoder_is_the_first_installed_one(monkeypatch):
         ),
         ("data.augment=sepia", "data.augment[0]='sepia' is not one of blur, gray, hsv, resize"),
         ("data.loader=dail", "data.loader='dail' is not one of dali, torch, auto (did you mean dali?)"),
-        ("optim.schedule=pol", "optim.schedule='pol' is not one of constant, poly (did you mean poly?)"),
+        ("optim.schedule=pol", "optim.schedule='pol' is not one of constant, poly, poly_legacy (did you mean poly?)"),
     ],
 )
 def test_config_checks_registered_names_before_anything_runs(override, message):

@@ -21,9 +21,9 @@ from tests.helpers.distributed import run_distributed
 D, CLASSES, LOCAL_B = 6, 5, 4
 
 
-def test_poly_schedule_matches_formula():
+def test_legacy_poly_schedule_matches_formula():
     model = nn.Linear(2, 2)
-    cfg = OptimConfig(lr=0.4, power=2.0)
+    cfg = OptimConfig(lr=0.4, schedule="poly_legacy", power=2.0)
     opt = build_optimizer([{"params": model.parameters()}], cfg)
     sched = build_scheduler(opt, cfg, total_steps=20, warmup_steps=4)
     lrs = []

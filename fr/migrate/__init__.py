@@ -1,0 +1,1 @@
+"""Switching from insightface's arcface_torch: reading its config files, its key table, writing fr recipes."""
