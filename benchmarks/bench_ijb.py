@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from evaluation.ijb import image_weights, pool_templates, score_pairs, template_rows
-from evaluation.metrics import auc, far_table, roc_curve
+from evaluation.ijb import pool_templates, score_pairs, template_rows
+from evaluation.metrics import auc, verification_table
 
 
 def make_case(images: int, templates: int, enrol: int, pairs: int, genuine: int, dim: int, seed: int = 0):
@@ -46,12 +46,11 @@ def main() -> None:
     )
     rss_inputs = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
-    ids, pooled = pool_templates(raw, tid, mid, image_weights(raw, det))
+    ids, pooled = pool_templates(raw, tid, mid, det)
     t1_ = time.perf_counter()
     scores = score_pairs(pooled, template_rows(ids, t1), template_rows(ids, t2))
     t2_ = time.perf_counter()
-    roc = roc_curve(scores, labels)
-    table = far_table(roc)
+    roc, table = verification_table(scores, labels)
     area = auc(roc.fpr, roc.tpr)
     t3 = time.perf_counter()
     print(

@@ -6,7 +6,10 @@ media`), `meta/ijbc_name_5pts_score.txt` (`image x1 y1 ... x5 y5 score`, matched
 
 Template features follow insightface's test modes: an image's feature is the sum of the embeddings of the
 image and of its flip (F1), its norm is kept (N1) and it is multiplied by the detector score (D1); within a
-template the images of one media are averaged and the media are summed, then L2-normalised.
+template the images of one media are averaged and the media are summed, then L2-normalised. The arithmetic
+is insightface's own (float32 image, media and template sums added in its order, float64 normalisation and
+scores), so that scores, and every figure read off them, equal its scripts' even where float32 scores would
+tie or swap close pairs.
 """
 
 from __future__ import annotations
@@ -17,15 +20,14 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 from PIL import Image
 
 from evaluation.align import align_face
 from evaluation.errors import UserInputError
-from evaluation.metrics import NonFiniteError, Roc, auc, far_table, roc_curve
+from evaluation.metrics import FAR_TARGETS, NonFiniteError, Roc, auc, verification_table
 
 logger = logging.getLogger(__name__)
 
@@ -302,82 +304,117 @@ def usable_rows(
     return np.flatnonzero(keep)
 
 
-def _block(raw: np.ndarray, rows: Optional[np.ndarray], start: int, stop: int) -> np.ndarray:
-    """Rows `start:stop` of `raw`, or of its `rows` subset (a gather reads only those rows of a memmap)."""
-    return raw[start:stop] if rows is None else raw[rows[start:stop]]
-
-
-def image_weights(
-    raw: np.ndarray,
-    det_scores: np.ndarray,
-    flip: bool = True,
-    norm: bool = True,
-    detector: bool = True,
-    rows: Optional[np.ndarray] = None,
+def image_features(
+    block: np.ndarray, det_scores: Optional[np.ndarray], flip: bool, norm: bool, scratch: bool = False
 ) -> np.ndarray:
-    """Per-image scale factor of insightface's N1/D1 modes: 1 / norm unless `norm`, times the score if `detector`.
+    """Per-image features in insightface's operation order: F1 sum, N0 division by the norm, D1 product.
 
-    One factor per image row, or per row of `rows` when given.
+    float32 (float64 input stays float64), each step rounded as the scripts' numpy expressions round it.
+    With `scratch` the caller hands `block` over to be overwritten; otherwise the result may be a view of it.
     """
-    n = len(raw) if rows is None else len(rows)
-    weights = np.ones(n, np.float32)
-    if not norm:
-        norms = np.empty(n, np.float32)
-        for start in range(0, n, POOL_CHUNK):
-            norms[start : start + POOL_CHUNK] = np.linalg.norm(
-                _views(_block(raw, rows, start, start + POOL_CHUNK), flip), axis=1
-            )
-        weights /= np.maximum(norms, 1e-12)
-    if detector:
-        weights *= np.asarray(det_scores if rows is None else det_scores[rows], np.float32)
-    return weights
-
-
-def _views(raw: np.ndarray, flip: bool) -> np.ndarray:
-    """F1: original + flipped embedding for (N, 2, D) input when `flip`, else the original view."""
-    if raw.ndim == 3:
-        return raw[:, 0] + raw[:, 1] if flip else raw[:, 0]
-    return raw
+    block = np.asarray(block)
+    dtype = np.float64 if block.dtype == np.float64 else np.float32
+    if block.ndim == 3:
+        feats = block[:, 0].astype(dtype, copy=False)
+        if flip:
+            feats = np.add(feats, block[:, 1], out=feats if scratch and feats.base is block else None, dtype=dtype)
+            scratch = True
+    else:
+        feats = block.astype(dtype, copy=False)
+    scratch = scratch and feats.dtype == dtype
+    if not norm:  # N0: `x / sqrt(sum(x ** 2))` along the feature axis, as eval_ijbc.py writes it
+        feats = np.divide(feats, np.sqrt(np.sum(feats**2, -1, keepdims=True)), out=feats if scratch else None)
+        scratch = True
+    if det_scores is not None:  # D1; in place rounds as a new array would
+        feats = np.multiply(feats, np.asarray(det_scores, dtype)[:, None], out=feats if scratch else None)
+    return feats
 
 
 def pool_templates(
     raw: np.ndarray,
     templates: np.ndarray,
     medias: np.ndarray,
-    image_weights_: Optional[np.ndarray] = None,
+    det_scores: Optional[np.ndarray] = None,
     flip: bool = True,
+    norm: bool = True,
     rows: Optional[np.ndarray] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """(sorted template ids [T], L2-normalised template features [T, D] float32).
+    """(sorted template ids [T], L2-normalised template features [T, D] float64), bit for bit as insightface.
 
-    A template is the sum over its media of the mean of that media's image features, an image's feature
-    being its F1 view of `raw` times `image_weights_` (see `image_weights`; all ones when omitted). With
-    `rows`, only those image rows are pooled (`image_weights_` then holds one factor per row of `rows`), so a
-    template none of whose rows is listed has no feature.
+    An image's feature is `image_features` of its row (`det_scores` per row for D1, None for D0); within a
+    template the images of one media are averaged and the media summed, both in float32 and in the order
+    insightface's `image2template_feature` adds them (media by id, images by row), then the sum is normalised
+    in float64 as sklearn's `normalize` does. With `rows`, only those image rows are pooled (`det_scores`
+    still has one entry per image), so a template none of whose rows is listed has no feature.
     """
-    if rows is not None:
-        templates, medias = templates[rows], medias[rows]
-    template_ids, t_index = np.unique(templates, return_inverse=True)
-    _, m_index = np.unique(medias, return_inverse=True)
-    # One group per (template, media): its images are averaged, so each image weighs 1 / group size.
-    _, group, counts = np.unique(
-        t_index.astype(np.int64) * (m_index.max() + 1) + m_index, return_inverse=True, return_counts=True
-    )
-    weights = (1.0 / counts[group]).astype(np.float32)
-    if image_weights_ is not None:
-        weights *= image_weights_
-    weights_t = torch.from_numpy(weights)
-    index = torch.from_numpy(t_index.astype(np.int64))
-    dim = raw.shape[-1]
-    pooled = torch.zeros(len(template_ids), dim)
-    for start in range(0, len(templates), POOL_CHUNK):  # chunks bound the weighted copy
-        stop = start + POOL_CHUNK
-        view = np.ascontiguousarray(_views(_block(raw, rows, start, stop), flip), dtype=np.float32)
-        chunk = torch.from_numpy(view if view.flags.writeable else view.copy())  # memmapped .npy is read-only
-        pooled.index_add_(0, index[start:stop], chunk * weights_t[start:stop, None])
-    out = pooled.numpy()
-    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    rows = np.arange(len(templates)) if rows is None else np.asarray(rows)
+    templates, medias = templates[rows], medias[rows]
+    order = np.lexsort((medias, templates))  # stable: the images of a media keep their row order
+    t_sorted, m_sorted = templates[order], medias[order]
+    new_template = np.r_[True, t_sorted[1:] != t_sorted[:-1]]
+    new_media = new_template | np.r_[True, m_sorted[1:] != m_sorted[:-1]]
+    template_ids = t_sorted[new_template]
+    media_starts = np.flatnonzero(new_media)
+    media_size = np.diff(np.r_[media_starts, len(order)])
+    media_first = np.r_[np.flatnonzero(new_template[media_starts]), len(media_starts)]  # per template, and the end
+    template_starts = np.flatnonzero(new_template)
+    out = np.empty((len(template_ids), raw.shape[-1]), np.float64)
+    start, first_template = 0, 0
+    while start < len(order):  # chunks of whole templates bound the (chunk, D) temporaries
+        nxt = int(np.searchsorted(template_starts, start + POOL_CHUNK))
+        stop = int(template_starts[nxt]) if nxt < len(template_starts) else len(order)
+        picked = rows[order[start:stop]]
+        low = int(picked.min())
+        if picked.max() - low == len(picked) - 1:  # a permuted run of rows (IJB files group rows by template)
+            block, picked = raw[low : low + len(picked)], picked - low  # a view: no copy of the features
+            det = None if det_scores is None else det_scores[low : low + len(picked)]
+        else:
+            block = raw
+            det = det_scores
+
+        def features(at: np.ndarray, block=block, det=det, picked=picked) -> np.ndarray:
+            """Image features of the chunk's sorted positions `at`: the gather is the only pass over them."""
+            index = picked[at]
+            gathered = np.take(block, index, axis=0)
+            return image_features(gathered, None if det is None else det[index], flip, norm, scratch=True)
+
+        last_template = nxt if nxt < len(template_starts) else len(template_ids)
+        sizes = media_size[media_first[first_template] : media_first[last_template]]
+        sums = _ordered_sums(features, sizes)
+        multi = sizes > 1  # insightface averages only media of several images; x / 1 == x anyway
+        sums[multi] /= sizes[multi, None].astype(sums.dtype)
+        media_counts = np.diff(media_first[first_template : last_template + 1])
+        out[first_template:last_template] = _ordered_sums(lambda at, sums=sums: sums[at], media_counts)
+        start, first_template = stop, last_template
+    norms = np.sqrt(np.einsum("ij,ij->i", out, out))
+    norms[norms < 10 * np.finfo(np.float64).eps] = 1.0  # as sklearn's normalize: (near-)zero rows stay
+    out /= norms[:, None]
     return template_ids, out
+
+
+def _ordered_sums(rows_at: Callable[[np.ndarray], np.ndarray], sizes: np.ndarray) -> np.ndarray:
+    """Sums of consecutive groups of `sizes` rows, `rows_at(positions)` giving the rows at those positions;
+    each group's rows are added one after another, so that every sum rounds exactly as numpy's `sum(axis=0)`
+    (or `mean`) of that group does."""
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    by_size = np.argsort(-sizes, kind="stable")  # groups with a k-th row come first: slices, not scatters
+    starts = starts[by_size]
+    sums = rows_at(starts)
+    longer = np.cumsum(np.bincount(sizes, minlength=int(sizes.max()) + 1)[::-1])[::-1]  # groups of size >= k
+    for k in range(1, int(sizes.max())):  # the k-th row of every group that has one
+        n = int(longer[k + 1])
+        sums[:n] += rows_at(starts[:n] + k)
+    out = np.empty_like(sums)
+    out[by_size] = sums
+    return out
+
+
+def pool_meta(
+    meta: IJBMeta, raw: np.ndarray, flip: bool, norm: bool, detector: bool, rows: Optional[np.ndarray] = None
+) -> Tuple[np.ndarray, np.ndarray]:
+    """`pool_templates` of the meta files' templates and media, with their detector scores when `detector`."""
+    det = meta.det_scores if detector else None
+    return pool_templates(raw, meta.templates, meta.medias, det, flip=flip, norm=norm, rows=rows)
 
 
 def check_templates(template_ids: np.ndarray, feats: np.ndarray, source: str = "features") -> None:
@@ -422,18 +459,18 @@ def _compact(index: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def score_pairs(feats: np.ndarray, i1: np.ndarray, i2: np.ndarray) -> np.ndarray:
-    """Cosine score float32 of each pair of rows (`i1`, `i2`) of L2-normalised `feats`.
+    """Cosine score of each pair of rows (`i1`, `i2`) of L2-normalised `feats`, in the dtype of `feats`.
 
     Pair lists pair a few thousand gallery templates with many probes, so the scores are read off blocks
     of the dense product `feats[u1] @ feats[u2].T` (a BLAS matmul), which is much faster than gathering
     two feature rows per pair.
     """
-    feats = np.ascontiguousarray(feats, dtype=np.float32)
+    feats = np.ascontiguousarray(feats, dtype=np.float64 if feats.dtype == np.float64 else np.float32)
     u1, r1 = _compact(i1, len(feats))
     u2, r2 = _compact(i2, len(feats))
     right = feats[u2].T.copy()
-    block = max(1, DENSE_BLOCK_BYTES // (4 * len(u2)))
-    scores = np.empty(len(i1), np.float32)
+    block = max(1, DENSE_BLOCK_BYTES // (feats.itemsize * len(u2)))
+    scores = np.empty(len(i1), feats.dtype)
     for start in range(0, len(u1), block):
         dense = feats[u1[start : start + block]] @ right
         if len(u1) <= block:
@@ -449,7 +486,11 @@ def score_pairs(feats: np.ndarray, i1: np.ndarray, i2: np.ndarray) -> np.ndarray
 
 @dataclass(frozen=True, eq=False)
 class IJBVerification:
-    """1:1 outcome: ROC, AUC and TAR (percent) at each FAR, nearest-point and interpolated."""
+    """1:1 outcome: ROC, AUC and TAR (percent) at each FAR.
+
+    `tar_at_far` is eval_ijbc.py's table (nearest point of the dropped ROC), `tar_at_far_full_roc` the same
+    rule on the full ROC, `tar_at_far_interpolated` the ROC read at exactly the target FAR.
+    """
 
     roc: Roc
     auc: float
@@ -459,11 +500,13 @@ class IJBVerification:
     num_templates: int
     # Left out for non-finite features (drop_nonfinite): image rows, templates left without images, their pairs.
     dropped: Dict[str, int] = dataclasses.field(default_factory=lambda: {"images": 0, "templates": 0, "pairs": 0})
+    tar_at_far_full_roc: Dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """JSON-ready summary (no ROC arrays)."""
         return {
             "tar_at_far": self.tar_at_far,
+            "tar_at_far_full_roc": self.tar_at_far_full_roc,
             "tar_at_far_interpolated": self.tar_at_far_interpolated,
             "auc": self.auc,
             "num_pairs": self.num_pairs,
@@ -479,6 +522,7 @@ def verify_templates(
     t2: np.ndarray,
     labels: np.ndarray,
     pairs_path: str = "pairs",
+    far_targets: Sequence[float] = FAR_TARGETS,
 ) -> IJBVerification:
     """Score every pair and summarise the ROC."""
     scores = score_pairs(
@@ -499,10 +543,15 @@ def verify_templates(
             f"{pairs_path}: a ROC needs both genuine (label 1) and impostor (label 0) pairs, "
             f"got {genuine} genuine of {len(labels)}"
         )
-    roc = roc_curve(scores, labels)
-    table = far_table(roc)
+    roc, table = verification_table(scores, labels, far_targets)
     return IJBVerification(
-        roc, auc(roc.fpr, roc.tpr), table["nearest"], table["interpolated"], len(scores), len(template_ids)
+        roc=roc,
+        auc=auc(roc.fpr, roc.tpr),
+        tar_at_far=table["nearest"],
+        tar_at_far_interpolated=table["interpolated"],
+        tar_at_far_full_roc=table["full_roc"],
+        num_pairs=len(scores),
+        num_templates=len(template_ids),
     )
 
 
@@ -522,8 +571,7 @@ def evaluate_11(
     such images are left out, then the templates left without images and their pairs, all counted in `dropped`.
     """
     rows = usable_rows(meta, raw_features, drop_nonfinite, source)
-    weights = image_weights(raw_features, meta.det_scores, flip=flip, norm=norm, detector=detector, rows=rows)
-    ids, pooled = pool_templates(raw_features, meta.templates, meta.medias, weights, flip=flip, rows=rows)
+    ids, pooled = pool_meta(meta, raw_features, flip, norm, detector, rows)
     check_templates(ids, pooled, source)
     pairs_path = meta_path(meta.root, meta.target, "template_pair_label.txt")
     t1, t2, labels = read_pairs(pairs_path)

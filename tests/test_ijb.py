@@ -158,17 +158,21 @@ def _reference_1n(tf, subject_of, gallery_subjects, probes):
         if subject_of[p] in s:
             mine = s[subject_of[p]]
             rank = 1 + sum(1 for subj, v in s.items() if subj != subject_of[p] and v > mine)
-            mated.append((rank, mine))
+            best_other = max([v for subj, v in s.items() if subj != subject_of[p]], default=-np.inf)
+            mated.append((rank, mine, best_other))
         else:
             nonmated_tops.append(max(s.values()))
     nonmated_tops.sort(reverse=True)
-    cmc = {f"rank{k}": 100.0 * sum(r <= k for r, _ in mated) / len(mated) for k in (1, 5, 10)}
-    tpir = {}
+    n = len(nonmated_tops)
+    cmc = {f"rank{k}": 100.0 * sum(r <= k for r, *_ in mated) / len(mated) for k in (1, 5, 10)}
+    tpir, tpir_exact = {}, {}
     for key, f in (("1e-02", 1e-2), ("1e-01", 1e-1)):
-        k = int(np.floor(f * len(nonmated_tops)))
-        thr = nonmated_tops[k] if k < len(nonmated_tops) else -np.inf
-        tpir[key] = 100.0 * sum(r == 1 and v > thr for r, v in mated) / len(mated)
-    return cmc, tpir
+        thr = nonmated_tops[max(int(n * f) - 1, 0)]  # insightface's evaluation_1N
+        tpir[key] = 100.0 * sum(v > other and v > thr for _, v, other in mated) / len(mated)
+        k = int(np.floor(f * n))  # fr's exact FPIR
+        thr = nonmated_tops[k] if k < n else -np.inf
+        tpir_exact[key] = 100.0 * sum(r == 1 and v > thr for r, v, _ in mated) / len(mated)
+    return cmc, tpir, tpir_exact
 
 
 def test_ijb_1n_matches_plain_loops(layout, tmp_path):
@@ -182,9 +186,10 @@ def test_ijb_1n_matches_plain_loops(layout, tmp_path):
     tf = _reference_templates(raw, meta)
     probes = [t for t in sorted(tf) if t % 10 != 0]
     for name, subjects in (("G1", G1), ("G2", G2)):
-        cmc, tpir = _reference_1n(tf, subject_of, subjects, probes)
+        cmc, tpir, tpir_exact = _reference_1n(tf, subject_of, subjects, probes)
         assert got[name]["cmc"] == pytest.approx(cmc)
         assert got[name]["tpir_at_fpir"] == pytest.approx(tpir)
+        assert got[name]["tpir_at_fpir_exact"] == pytest.approx(tpir_exact)
         assert got[name]["num_mated"] + got[name]["num_nonmated"] == len(probes)
     assert got["average"]["cmc"]["rank1"] == pytest.approx((got["G1"]["cmc"]["rank1"] + got["G2"]["cmc"]["rank1"]) / 2)
 
@@ -322,23 +327,34 @@ def test_score_pairs_blocks_equal_row_dots(monkeypatch, block_bytes):
     np.testing.assert_allclose(ijb.score_pairs(feats, i1, i2), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("offset", [0, 10**12])  # small ids use a lookup table, huge ones a binary search
-def test_pooling_unsorted_rows_and_template_lookup(offset):
+@pytest.mark.parametrize("offset, dim, norm", [(0, 6, True), (10**12, 6, False), (0, 1, True), (0, 515, False)])
+def test_pooling_is_insightface_arithmetic_and_template_lookup(monkeypatch, offset, dim, norm):
+    # Small ids use a lookup table, huge ones a binary search; rows come in no particular order.
+    import evaluation.ijb as ijb
     from evaluation.ijb import IJBFormatError, pool_templates, template_rows
+
+    monkeypatch.setattr(ijb, "POOL_CHUNK", 17 if norm else 1 << 17)  # chunks of whole templates, or one chunk
 
     rng = np.random.default_rng(1)
     n = 300
     templates = rng.integers(0, 40, n) * 7 + offset
     medias = rng.integers(0, 25, n)
-    raw = rng.standard_normal((n, 2, 6)).astype(np.float32)
-    weights = rng.uniform(0.2, 1.0, n).astype(np.float32)
-    ids, pooled = pool_templates(raw, templates, medias, weights)
-    for t, row in zip(ids, pooled):
-        groups = {}
-        for i in np.flatnonzero(templates == t):
-            groups.setdefault(medias[i], []).append((raw[i, 0] + raw[i, 1]) * weights[i])
-        v = sum(np.mean(g, axis=0) for g in groups.values())
-        np.testing.assert_allclose(row, v / np.linalg.norm(v), rtol=1e-5, atol=1e-6)
+    raw = (rng.standard_normal((n, 2, dim)) * 3 + 1).astype(np.float32)
+    det = rng.uniform(0.2, 1.0, n).astype(np.float32)
+    ids, pooled = pool_templates(raw, templates, medias, det, norm=norm)
+    # eval_ijbc.py: float32 image features and media means, the media summed, float64 normalisation.
+    feats = raw[:, 0] + raw[:, 1]
+    if not norm:
+        feats = feats / np.sqrt(np.sum(feats**2, -1, keepdims=True))
+    feats = feats * det[:, None]
+    expected = np.zeros((len(np.unique(templates)), dim))
+    for i, t in enumerate(np.unique(templates)):
+        mine = np.flatnonzero(templates == t)
+        by_media = [np.mean(feats[mine[medias[mine] == m]], axis=0, keepdims=True) for m in np.unique(medias[mine])]
+        expected[i] = np.sum(np.array(by_media), axis=0)
+    expected /= np.sqrt(np.einsum("ij,ij->i", expected, expected))[:, None]
+    np.testing.assert_array_equal(ids, np.unique(templates))
+    np.testing.assert_array_equal(pooled, expected)  # bit for bit
     wanted = ids[rng.integers(0, len(ids), 100)]
     np.testing.assert_array_equal(ids[template_rows(ids, wanted)], wanted)
     with pytest.raises(IJBFormatError, match="template 5 is not"):

@@ -65,8 +65,9 @@ def test_hand_made_roc_and_tar():
     assert tar_at_far_nearest(roc, 0.1) == 0.5
     # FAR 0.3: nearest FPR is 1/3, where TPR runs from 0.5 up to 1: take 1.
     assert tar_at_far_nearest(roc, 0.3) == 1.0
-    # Interpolated: between (0, 0.5) and (1/3, 1) at 0.3 -> 0.5 + 0.5 * 0.9.
-    assert tar_at_far_interpolated(roc, 0.3) == pytest.approx(0.95)
+    # Interpolated: FPR 0.3 lies on the flat step from (0, 0.5) to (1/3, 0.5); TPR 1 needs FPR 1/3.
+    assert tar_at_far_interpolated(roc, 0.3) == pytest.approx(0.5)
+    assert tar_at_far_interpolated(roc, 1 / 3) == 1.0
     assert tar_at_far_interpolated(roc, 0.0) == 0.5
 
 
