@@ -10,6 +10,11 @@ target is found by linear interpolation of threshold against FAR (threshold 0 wh
 the target), then TAR (`val`) and FAR are measured on the held-out fold.
 
 Counts come from binary search over sorted distances, so 6,000 pairs take milliseconds.
+
+Two mean norms are reported. `xnorm` is fr's: the mean L2 norm of the embeddings evaluated (with the test-time
+flip, of the sums image + flip). `xnorm_insightface` is insightface's XNorm, as its `verification.py` prints it:
+the mean L2 norm of every raw view's embedding, the original images' and the flipped images' alike (so about
+half of `xnorm` for a flip-sum); it needs the views (`evaluate(..., views=...)`).
 """
 
 from __future__ import annotations
@@ -40,10 +45,11 @@ class BinVerification:
     far: float
     roc: Optional[Roc] = None  # over all pairs, score = -distance; None when all pairs share one label
     auc: float = float("nan")
+    xnorm_insightface: Optional[float] = None  # insightface's XNorm; None when the views were not given
 
     def to_dict(self) -> Dict[str, Any]:
-        """Plain floats and lists, ready for `json.dumps`."""
-        return {
+        """Plain floats and lists, ready for `json.dumps` (`xnorm_insightface` only when it was computed)."""
+        out = {
             "accuracy": float(self.accuracy),
             "std": float(self.std),
             "fold_accuracies": [float(a) for a in self.fold_accuracies],
@@ -54,6 +60,9 @@ class BinVerification:
             "far": float(self.far),
             "auc": float(self.auc) if np.isfinite(self.auc) else None,  # JSON has no NaN
         }
+        if self.xnorm_insightface is not None:
+            out["xnorm_insightface"] = float(self.xnorm_insightface)
+        return out
 
 
 def kfold_slices(n: int, k: int) -> List[Tuple[int, int]]:
@@ -170,8 +179,21 @@ def _as_array(embeddings: Any) -> np.ndarray:
     return np.asarray(embeddings, dtype=np.float64)
 
 
-def evaluate(embeddings: Any, issame: Sequence[bool], nrof_folds: int = 10) -> BinVerification:
-    """Verification metrics of `embeddings` [2N, D] (pair i = rows 2i, 2i+1) against `issame` [N]."""
+def insightface_xnorm(views: Sequence[Any]) -> float:
+    """insightface's XNorm: the mean L2 norm over every row of every view (e.g. the original and the flipped
+    images' embeddings [M, D] each), before any normalisation or flip-sum."""
+    arrays = [_as_array(view) for view in views]
+    if not arrays or any(a.ndim != 2 for a in arrays):
+        raise ValueError("views must be one or more 2-D embedding arrays [M, D]")
+    return float(np.mean(np.concatenate([row_norms(a) for a in arrays])))
+
+
+def evaluate(
+    embeddings: Any, issame: Sequence[bool], nrof_folds: int = 10, views: Optional[Sequence[Any]] = None
+) -> BinVerification:
+    """Verification metrics of `embeddings` [2N, D] (pair i = rows 2i, 2i+1) against `issame` [N]. `views`, the
+    raw per-view embeddings that `embeddings` sums (the original and the flipped images'), add insightface's
+    XNorm (`xnorm_insightface`)."""
     emb = _as_array(embeddings)
     same = np.asarray(issame, dtype=bool).reshape(-1)
     if emb.ndim != 2:
@@ -192,6 +214,9 @@ def evaluate(embeddings: Any, issame: Sequence[bool], nrof_folds: int = 10) -> B
             f"({bad.size} of {len(emb)} rows do): the model's output is not finite"
         )
 
+    if views is not None and any(np.shape(view) != emb.shape for view in views):
+        shapes = ", ".join(str(tuple(np.shape(view))) for view in views)
+        raise ValueError(f"views must each have the embeddings' shape {tuple(emb.shape)}, got {shapes}")
     norms = row_norms(emb)
     dist = pair_distances(emb, norms)
     folds = kfold_slices(n, nrof_folds)
@@ -210,4 +235,5 @@ def evaluate(embeddings: Any, issame: Sequence[bool], nrof_folds: int = 10) -> B
         far=float(np.mean(fars)),
         roc=roc,
         auc=auc(roc.fpr, roc.tpr) if roc is not None else float("nan"),
+        xnorm_insightface=insightface_xnorm(views) if views is not None else None,
     )

@@ -73,7 +73,11 @@ def test_verify_data_dir_targets(run_dir, capsys):
         == 0
     )
     assert list(json.load(open(out))["results"]) == ["lfw"]
-    assert eval_main(["verify", "--checkpoint", str(path), "--data-dir", str(path)]) == 2  # cfp_fp.bin absent
+    # default targets that are absent are skipped with a warning naming the file; named ones must exist
+    assert eval_main(["verify", "--checkpoint", str(path), "--data-dir", str(path), "--json", str(out)]) == 0
+    assert "cfp_fp.bin" in capsys.readouterr().err
+    assert list(json.load(open(out))["results"]) == ["lfw"]
+    assert eval_main(["verify", "--checkpoint", str(path), "--data-dir", str(path), "--targets", "cfp_fp"]) == 2
     assert "cfp_fp.bin" in capsys.readouterr().err
     assert eval_main(["verify", "--checkpoint", str(path)]) == 2
     assert "--data-dir" in capsys.readouterr().err

@@ -26,7 +26,7 @@ from evaluation.verification import evaluate
 from fr.cli.eval import main as eval_main
 from fr.distributed import DistEnv
 from fr.train.checkpoint import FORMAT, MANIFEST, load_rank_state, rank_file
-from fr.train.model_file import CheckpointError, load_backbone, load_state_dict_file
+from fr.train.model_file import CheckpointError, load_backbone_with, load_state_dict_file
 
 EMBEDDING = 16
 
@@ -258,7 +258,7 @@ def test_checkpoint_loaders_refuse_payloads_in_one_line(tmp_path):
     marker = tmp_path / "ran"
     evil = tmp_path / "model.pt"
     torch.save({"fc.weight": torch.zeros(2), "x": Payload(os.system, f"touch {marker}")}, evil)
-    for load in (load_state_dict_file, lambda p: load_backbone(p, backbone="iresnet18")):
+    for load in (load_state_dict_file, lambda p: load_backbone_with(p, backbone="iresnet18")):
         with pytest.raises(CheckpointError) as info:
             load(str(evil))
         assert_one_line(str(info.value), evil, "refused to load global 'posix.system'")

@@ -401,7 +401,7 @@ def test_sigterm_checkpoints_after_the_step_and_the_run_resumes_exactly(tiny_dat
         Trainer.train_step = original
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is removed after the run
     assert resume_candidates("auto", stopped)[0].endswith("step_00000011")
-    assert not os.path.exists(os.path.join(stopped, "model.pt"))  # model.pt means a finished run
+    assert not os.path.exists(os.path.join(stopped, "results.json"))  # results.json means a finished run
     train(tiny_config(tiny_data, stopped, **{"output.checkpoint_every": 5, "train.resume": "auto"}))
     assert_same_training(straight, stopped)
 

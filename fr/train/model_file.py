@@ -1,11 +1,14 @@
 """`model.pt`, the trained backbone's state_dict: atomic saves, reading one (fr's or insightface's) with one-line
-errors, and loading it into the backbone its run's config.json names."""
+errors, and loading it into the backbone its run's config.json names.
+
+Resumable checkpoints (step directories) are read by fr.train.pretrained, which passes its reader to
+`load_backbone_with`: fr.train.checkpoint imports this module, so this one cannot import it back."""
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -33,6 +36,12 @@ def load_error(path: str, exc: Exception, what: str = "checkpoint") -> Checkpoin
     return CheckpointError(f"{path}: not a readable {what} ({type(exc).__name__}{reason})")
 
 
+# Files that hold a backbone's state_dict under a key: a generic {"state_dict": ...}, arcface_torch's resumable
+# checkpoint_gpu_<rank>.pt and `fr-export checkpoint`'s merged file.
+WRAPPERS = ("state_dict", "state_dict_backbone", "backbone")
+SHOWN_KEYS = 3  # how many disagreeing keys an error names
+
+
 def atomic_save(obj: Any, path: str) -> None:
     """torch.save to a temporary file in the same directory, fsync, then rename over `path`.
 
@@ -42,15 +51,18 @@ def atomic_save(obj: Any, path: str) -> None:
 
 
 def load_state_dict_file(path: str) -> Dict[str, torch.Tensor]:
-    """Read a `model.pt` state_dict (insightface's or fr's), with one-line errors for bad files."""
+    """Read a `model.pt` state_dict (insightface's or fr's, with or without DDP's `module.` prefix; also the backbone
+    inside a file of WRAPPERS), with one-line errors for bad files."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle garbage, ...
         raise load_error(path, exc, "PyTorch checkpoint") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    for wrapper in WRAPPERS:
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+            break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a state_dict (a mapping of names to tensors)")
     # Checkpoints saved from a DDP-wrapped model carry a 'module.' prefix.
@@ -68,24 +80,42 @@ def load_into(model: nn.Module, state: Dict[str, torch.Tensor], source: str, bac
     if missing or unexpected or shapes:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+            parts.append(f"{len(missing)} missing keys (e.g. {_first(missing)})")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {_first(unexpected)})")
         if shapes:
-            k = shapes[0]
-            parts.append(
-                f"{len(shapes)} shape mismatches (e.g. {k}: checkpoint {tuple(state[k].shape)} "
-                f"vs model {tuple(own[k].shape)})"
+            shown = ", ".join(
+                f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in shapes[:SHOWN_KEYS]
             )
+            parts.append(f"{len(shapes)} shape mismatches (e.g. {shown})")
         raise CheckpointError(f"{source} does not match backbone {backbone_name!r}: {'; '.join(parts)}")
     model.load_state_dict(state, strict=True)
     return model
 
 
+def _first(keys) -> str:
+    return ", ".join(keys[:SHOWN_KEYS])
+
+
+def run_directory(checkpoint: str) -> str:
+    """The run directory of `checkpoint`: a model.pt's directory, a run directory itself, or the run above a
+    `checkpoints/` directory or one of its `step_*` directories."""
+    path = os.path.abspath(checkpoint)
+    if not os.path.isdir(path):
+        return os.path.dirname(path)
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return path
+    parent = os.path.dirname(path)
+    if os.path.basename(path) == "checkpoints":
+        return parent
+    if os.path.basename(parent) == "checkpoints":
+        return os.path.dirname(parent)
+    return path
+
+
 def find_run_config(checkpoint: str) -> Optional[Config]:
-    """The config.json saved beside a checkpoint (or in a run directory), if there is one."""
-    directory = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(os.path.abspath(checkpoint))
-    path = os.path.join(directory, "config.json")
+    """The config.json of the run `checkpoint` (see run_directory) belongs to, if there is one."""
+    path = os.path.join(run_directory(checkpoint), "config.json")
     if not os.path.isfile(path):
         return None
     try:
@@ -94,27 +124,41 @@ def find_run_config(checkpoint: str) -> Optional[Config]:
         raise CheckpointError(f"{path}: {exc}") from None
 
 
-def load_backbone(
+# path -> (what the weights were read from, the backbone's state_dict)
+WeightReader = Callable[[str], Tuple[str, Dict[str, torch.Tensor]]]
+
+
+def read_model_file(checkpoint: str) -> Tuple[str, Dict[str, torch.Tensor]]:
+    """The weights of a model.pt, or of a run directory's model.pt."""
+    path = os.path.join(checkpoint, "model.pt") if os.path.isdir(checkpoint) else checkpoint
+    return path, load_state_dict_file(path)
+
+
+def load_backbone_with(
     checkpoint: str,
     backbone: Optional[str] = None,
     embedding_size: Optional[int] = None,
     device: Optional[torch.device] = None,
+    read_weights: WeightReader = read_model_file,
 ) -> nn.Module:
-    """Build the backbone for `checkpoint` (a run directory or a model.pt) and load its weights.
+    """Build the backbone for `checkpoint` (a run directory or a model.pt; `read_weights` may accept more, see
+    fr.train.pretrained.load_backbone) and load its weights.
 
     The architecture comes from the run's config.json when present; `backbone`/`embedding_size` override it
     (needed for a bare insightface model.pt).
     """
     from fr.models import build_backbone
 
-    path = os.path.join(checkpoint, "model.pt") if os.path.isdir(checkpoint) else checkpoint
     cfg = find_run_config(checkpoint)
     name = backbone or (cfg.model.backbone if cfg else None)
     if name is None:
-        raise CheckpointError(f"{path}: no config.json beside it; pass the backbone name (e.g. --backbone iresnet50)")
+        raise CheckpointError(
+            f"{checkpoint}: no config.json in its run directory; pass the backbone name (e.g. --backbone iresnet50)"
+        )
     kwargs = dict(cfg.model.kwargs) if cfg and cfg.model.backbone == name else {}
     kwargs["num_features"] = embedding_size or (cfg.model.embedding_size if cfg else 512)
     model = build_backbone(name, **kwargs)
-    load_into(model, load_state_dict_file(path), path, name)
+    source, state = read_weights(checkpoint)
+    load_into(model, state, source, name)
     model.eval()
     return model.to(device) if device is not None else model

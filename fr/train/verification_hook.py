@@ -1,4 +1,5 @@
-"""Periodic verification during training: the configured .bin sets, logged to console and TensorBoard."""
+"""Periodic verification during training: the configured .bin sets, logged to console and TensorBoard; and the
+two views (original and flipped images) behind a flip-sum embedding, which fr-eval shares."""
 
 from __future__ import annotations
 
@@ -25,6 +26,13 @@ class EvaluationFailed(RuntimeError):
     def __init__(self, message: str, results: Optional[Dict[str, Any]] = None):
         super().__init__(message)
         self.results = results or {}
+
+
+def flip_views(model: nn.Module, images: np.ndarray, batch_size: int, device=None) -> Tuple[np.ndarray, np.ndarray]:
+    """The embeddings of `images` (uint8 [M, H, W, 3]) and of their horizontal flips, each [M, D]: their sum is
+    embed_images(..., flip=True), and insightface's XNorm is the mean norm of their rows."""
+    flipped = np.ascontiguousarray(images[:, :, ::-1, :])
+    return tuple(embed_images(model, x, batch_size=batch_size, device=device, flip=False) for x in (images, flipped))
 
 
 def resolve_bin(path: str, data_root: str) -> str:
@@ -70,7 +78,8 @@ class VerificationHook:
         return self.enabled
 
     def __call__(self, model: nn.Module, step: int, scalars=None) -> Dict[str, Dict[str, float]]:
-        """Evaluate every set; returns {name: {accuracy, std, xnorm, best}} on the main rank, {} elsewhere."""
+        """Evaluate every set; returns {name: {accuracy, std, xnorm, xnorm_insightface, best}} on the main rank,
+        {} elsewhere."""
         results: Dict[str, Dict[str, float]] = {}
         if self.env.is_main:
             for name, images, issame in self.sets:
@@ -83,23 +92,32 @@ class VerificationHook:
         return results
 
     def _evaluate(self, model, step, name, images, issame, scalars) -> Dict[str, float]:
-        embeddings = embed_images(model, images, batch_size=self.batch_size, device=self.env.device)
-        result = evaluate(embeddings, issame, nrof_folds=self.folds)
+        views = flip_views(model, images, self.batch_size, self.env.device)
+        result = evaluate(views[0] + views[1], issame, nrof_folds=self.folds, views=views)
         self.best[name] = max(self.best.get(name, 0.0), result.accuracy)
         log.info(
-            "[%s][%d] accuracy-flip %.5f +- %.5f  xnorm %.3f  best %.5f",
+            "[%s][%d] accuracy-flip %.5f +- %.5f  xnorm %.3f  XNorm %.3f  best %.5f",
             name,
             step,
             result.accuracy,
             result.std,
             result.xnorm,
+            result.xnorm_insightface,
             self.best[name],
         )
         if scalars is not None:
-            scalars(step, {f"val/{name}_accuracy": result.accuracy, f"val/{name}_xnorm": result.xnorm})
+            scalars(
+                step,
+                {
+                    f"val/{name}_accuracy": result.accuracy,
+                    f"val/{name}_xnorm": result.xnorm,
+                    f"val/{name}_xnorm_insightface": result.xnorm_insightface,
+                },
+            )
         return {
             "accuracy": float(result.accuracy),
             "std": float(result.std),
             "xnorm": float(result.xnorm),
+            "xnorm_insightface": float(result.xnorm_insightface),
             "best": self.best[name],
         }
