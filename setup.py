@@ -6,11 +6,12 @@ EXTRAS = {
     # OpenCV converts and flips the DALI CPU pipeline's images on the host: ~10% less CPU than fn.flip + numpy
     "dali": ["nvidia-dali-cuda120", "opencv-python-headless"],
     "deepspeed": ["deepspeed"],
-    "ray": ["ray[tune]"],
+    "ray": ["ray[default,tune]"],  # Ray Train frees a finished trial's workers through the dashboard (default)
     "onnx": ["onnx", "onnxruntime"],
     "plot": ["matplotlib"],  # fr-eval ijb --plot
     # CI runs DALI's CPU pipeline tests: ~30 s more to install here (about 0.8 GB unpacked).
     # onnx/onnxruntime/matplotlib: the evaluation tests run ONNX models and write the IJB ROC plot.
+    # deepspeed and ray[tune]: the DeepSpeed strategy and fr-sweep are tested on CPU (gloo, a local Ray).
     # ruff is pinned: its formatter's output may change between versions, and .ci/run checks the tree with it.
     "test": [
         "pytest>=7",
@@ -21,6 +22,8 @@ EXTRAS = {
         "onnx",
         "onnxruntime",
         "matplotlib",
+        "deepspeed",
+        "ray[default,tune]",
         "ruff==0.17.6",
     ],
 }
@@ -51,6 +54,9 @@ setup(
             "fr-data=fr.cli.data:main",
             "fr-eval=fr.cli.eval:main",
             "fr-export=fr.cli.export:main",
+            "fr-info=fr.cli.info:main",
+            "fr-embed=fr.cli.embed:main",
+            "fr-sweep=fr.cli.sweep:main",
         ]
     },
 )
