@@ -46,7 +46,7 @@ from fr.train.head import Head
 from fr.train.logging import MetricLogger
 from fr.train.optim import build_optimizer, build_scheduler
 from fr.train.preemption import StopSignals
-from fr.train.strategy import STRATEGIES
+from fr.train.strategies import STRATEGIES
 from fr.train.trainer import Trainer, TrainOptions
 
 log = logging.getLogger("fr.train")

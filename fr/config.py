@@ -14,11 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 from evaluation.errors import UserInputError
-
-
-class ConfigError(UserInputError):
-    """A configuration problem, phrased as one line naming the key or file."""
-
+from fr.errors import ConfigError  # noqa: F401  (defined below the modules that raise it; fr.config.ConfigError)
 
 # Fixed choice sets live in the annotations: overrides, recipes and `validate()` all check against these args.
 HeadUpdate = Literal["dense", "sparse"]
@@ -230,7 +226,7 @@ class TrainConfig:
     freeze: Freeze = ""  # "backbone": train the head only (a warm start); "head": train the backbone only
 
     def validate(self) -> None:
-        from fr.train.strategy import STRATEGIES
+        from fr.train.strategies import STRATEGIES
 
         if self.epochs <= 0 and self.max_steps <= 0:
             raise ConfigError("train.epochs or train.max_steps must be > 0")

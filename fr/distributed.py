@@ -124,6 +124,12 @@ def env_from_group(device: Optional[torch.device] = None) -> DistEnv:
     )
 
 
+def export_local_rank(env: DistEnv) -> None:
+    """Set LOCAL_RANK for libraries that read it themselves (DeepSpeed): torchrun and the deepspeed launcher set
+    it, a group formed in Python (Ray Train, tests) may not."""
+    os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
+
+
 def cleanup() -> None:
     """Leave the process group, after freeing unreachable DDP wrappers: a reducer that outlives its group
     can abort the process at exit ("terminate called without an active exception")."""

@@ -14,7 +14,8 @@ from fr.heads import PartialFC, build_loss
 from fr.train.head import Head
 from fr.train.logging import MetricLogger
 from fr.train.optim import build_optimizer, build_scheduler
-from fr.train.strategy import STRATEGIES, DDPStrategy
+from fr.train.strategies import STRATEGIES
+from fr.train.strategy import DDPStrategy
 from fr.train.trainer import NonFiniteLossError, Trainer, TrainOptions
 from tests.helpers.distributed import run_distributed
 

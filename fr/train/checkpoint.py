@@ -9,6 +9,8 @@ Layout under `<output.dir>/checkpoints/`:
                                  (step, epoch, history, skip counts), and "rng" (every RNG's state)
     step_00001200/manifest.json  written by rank 0 once every rank's file is complete: step, world size,
                                  file sizes, and the settings a resumed run must share
+    step_00001200/deepspeed/     train.strategy=deepspeed only: the engine's own checkpoint (DeepSpeed's save),
+                                 its files and sizes listed in the manifest under "engine_files"
     latest.json                  the newest complete step directory, replaced atomically after its manifest
 
 A crash while writing leaves `latest.json` naming the previous, whole checkpoint; older ones are pruned only
@@ -33,6 +35,7 @@ from fr.fileio import remove_stale_temporaries
 from fr.heads.partial_fc import shard_range
 from fr.seeding import rng_state, set_rng_state
 from fr.train.model_file import CheckpointError, atomic_save, load_error
+from fr.train.strategy import ENGINE_DIR
 
 log = logging.getLogger("fr.train")
 
@@ -53,6 +56,7 @@ MUST_MATCH = (
     "partial_fc.update",
     "partial_fc.sample_rate",
     "optim.name",
+    "train.strategy",  # a DeepSpeed checkpoint keeps the backbone's state in the engine's own files
 )
 
 
@@ -62,6 +66,10 @@ class DamagedCheckpoint(CheckpointError):
 
 
 class Stateful(Protocol):
+    """A tracked part. It may also define `save_files(step_dir)` (a collective call: write files of its own into
+    the step directory, before the rank files) and `load_files(step_dir, saved_world_size)` (read them back,
+    before `load_state_dict`): the DeepSpeed strategy's engine checkpoint."""
+
     def state_dict(self) -> Dict[str, Any]: ...
 
     def load_state_dict(self, state: Dict[str, Any]) -> None: ...
@@ -162,6 +170,9 @@ class CheckpointManager:
         if missing:
             raise CheckpointError(f"{self.resume_dir}: has no {missing[0]!r} state")
         for name, part in self.parts.items():
+            load_files = getattr(part, "load_files", None)
+            if load_files is not None:
+                load_files(self.resume_dir, int(read_manifest(self.resume_dir)["world_size"]))
             part.load_state_dict(state[name])
         set_rng_state(state["rng"], self.env.device)
         self._saved = (int(state["trainer"]["step"]), self.resume_dir)
@@ -190,6 +201,10 @@ class CheckpointManager:
             # one, so that a crash meanwhile cannot leave a manifest over a mix of old and new files.
             os.remove(manifest_path)
         barrier(self.env)  # every rank, always: a rank that looked after the removal would skip it and deadlock
+        for part in self.parts.values():
+            save_files = getattr(part, "save_files", None)
+            if save_files is not None:
+                save_files(step_dir)
         state: Dict[str, Any] = {"format": FORMAT}
         for name, part in self.parts.items():
             state[name] = part.state_dict()
@@ -213,6 +228,9 @@ class CheckpointManager:
                 },
                 "settings": self.settings,
             }
+            extra = engine_files(step_dir)  # every rank's are complete: the sizes' all-reduce followed them
+            if extra:
+                manifest["engine_files"] = extra
             atomic_write_json(manifest_path, manifest)
             atomic_write_json(os.path.join(self.directory, POINTER), {"step": step, "dir": step_dir_name(step)})
             self._prune(step)
@@ -234,6 +252,16 @@ class CheckpointManager:
         )
         for _, name in older[: max(0, len(older) - (self.keep - 1))]:
             shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
+
+def engine_files(step_dir: str) -> Dict[str, int]:
+    """The files under `step_dir`/ENGINE_DIR (paths relative to `step_dir`) with their sizes, for the manifest."""
+    found: Dict[str, int] = {}
+    for directory, _, names in os.walk(os.path.join(step_dir, ENGINE_DIR)):
+        for name in names:
+            path = os.path.join(directory, name)
+            found[os.path.relpath(path, step_dir)] = os.path.getsize(path)
+    return dict(sorted(found.items()))
 
 
 def _step_dirs(directory: str) -> List[str]:
@@ -275,6 +303,9 @@ def discard_checkpoints(directory: str) -> List[str]:
             path = os.path.join(step_dir, name)
             if own.match(name) and os.path.isfile(path):
                 os.remove(path)
+                removed.append(path)
+            elif name == ENGINE_DIR and os.path.isdir(path):
+                shutil.rmtree(path)
                 removed.append(path)
         if not os.listdir(step_dir):
             os.rmdir(step_dir)
@@ -386,6 +417,11 @@ def read_manifest(step_dir: str) -> Dict[str, Any]:
         raise DamagedCheckpoint(
             f"{manifest_path}: its files {sorted(manifest['files'])} do not match its world size {world!r}"
         )
+    for name, size in manifest.get("engine_files", {}).items():
+        path = os.path.join(step_dir, name)
+        if not os.path.isfile(path) or os.path.getsize(path) != size:
+            what = "is missing" if not os.path.isfile(path) else f"is {os.path.getsize(path)} bytes, not {size}"
+            raise DamagedCheckpoint(f"{path} {what} (listed in {manifest_path})")
     return manifest
 
 
@@ -530,8 +566,13 @@ def _run_config(step_dir: str) -> Dict[str, Any]:
 
 def export_backbone(step_dir: str) -> Dict[str, torch.Tensor]:
     """The backbone's state_dict saved in `step_dir`, from rank 0's file as fr-train's `model.pt` (the weights
-    are the same on every rank; BatchNorm's running statistics are rank 0's)."""
+    are the same on every rank; BatchNorm's running statistics are rank 0's); from a DeepSpeed checkpoint, the
+    fp32 backbone consolidated from the engine's files."""
     state = read_rank_file(step_dir, read_manifest(step_dir), 0, mmap=True)
+    if isinstance(state.get("strategy"), dict) and state["strategy"].get("engine") == "deepspeed":
+        from fr.train.deepspeed_strategy import consolidated_backbone
+
+        return consolidated_backbone(step_dir)
     try:
         model = state["strategy"]["model"]
     except (KeyError, TypeError):

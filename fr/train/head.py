@@ -15,10 +15,17 @@ from torch import nn
 
 class Head:
     """`module` (e.g. PartialFC), `optimizer` over its parameters (dense SGD/AdamW or SparseRowSGD) and
-    `scheduler` (a per-step LR scheduler of that optimizer)."""
+    `scheduler` (a per-step LR scheduler of that optimizer). A `frozen` head (train.freeze=head) is never updated:
+    its gradients are dropped at each step; its schedule still advances, in lockstep with the backbone's.
 
-    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any):
-        self.module, self.optimizer, self.scheduler = module, optimizer, scheduler
+    Gradient accumulation needs nothing here: dense gradients add up over a step's micro-batches, and a sparse
+    head's sampled rows of every micro-batch are merged (`take_sparse_grads` sums the rows drawn more than once)
+    into the one row-wise update of the step."""
+
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, frozen: bool = False):
+        self.module, self.optimizer, self.scheduler, self.frozen = module, optimizer, scheduler, frozen
+        if frozen:
+            module.requires_grad_(False)  # dense: no weight gradient to compute (sparse rows are dropped in step)
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -31,6 +38,8 @@ class Head:
         return torch.nn.utils.get_total_norm(grads)
 
     def step(self) -> None:
+        if self.frozen:
+            self.skip()  # no gradient left: the optimizer's step below changes nothing
         self.optimizer.step()
         self.scheduler.step()
 

@@ -13,13 +13,9 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from evaluation.errors import UserInputError
 from evaluation.fileio import atomic_write
 from fr.config import Config, ConfigError, load_file
-
-
-class CheckpointError(UserInputError):
-    """A checkpoint that cannot be read or does not fit the model; the message names the file."""
+from fr.errors import CheckpointError  # noqa: F401  (fr.train.model_file.CheckpointError for its callers)
 
 
 def load_error(path: str, exc: Exception, what: str = "checkpoint") -> CheckpointError:

@@ -20,7 +20,7 @@ from fr.data.loader import build_loader
 from fr.distributed import DistEnv, barrier, init_distributed, on_main
 from fr.fileio import OutputError, remove_stale_temporaries
 from fr.heads import PartialFC, build_loss, build_sparse_optimizer
-from fr.models import build_backbone
+from fr.models.from_config import backbone_from_config
 from fr.seeding import seed_everything
 from fr.train.checkpoint import (
     CheckpointManager,
@@ -29,11 +29,13 @@ from fr.train.checkpoint import (
     run_settings,
 )
 from fr.train.head import Head
-from fr.train.logging import MetricLogger
+from fr.train.logging import LOG_FILE, MetricLogger, grad_scale_of, require_wandb, wandb_settings
 from fr.train.model_file import atomic_save
 from fr.train.optim import build_optimizer, build_scheduler
 from fr.train.preemption import StopSignals
-from fr.train.strategy import STRATEGIES
+from fr.train.pretrained import load_pretrained
+from fr.train.snapshots import ModelSnapshots
+from fr.train.strategies import build_strategy, check_strategy
 from fr.train.trainer import Trainer, TrainOptions
 from fr.train.verification_hook import EvaluationFailed, VerificationHook
 
@@ -54,12 +56,9 @@ def amp_dtype_for(setting: str, device: torch.device) -> Optional[torch.dtype]:
 
 
 def build_model(cfg: Config) -> nn.Module:
-    """The configured backbone; `model.dropout` is passed only when set, since not every backbone has one."""
-    kwargs: Dict[str, Any] = dict(cfg.model.kwargs)
-    kwargs["num_features"] = cfg.model.embedding_size
-    if cfg.model.dropout:
-        kwargs["dropout"] = cfg.model.dropout
-    return build_backbone(cfg.model.backbone, **kwargs)
+    """The configured backbone: data.image_size, model.dropout and model.grad_checkpoint reach it
+    (fr.models.from_config)."""
+    return backbone_from_config(cfg)
 
 
 def prepare_data(cfg: Config, env: DistEnv) -> None:
@@ -164,6 +163,7 @@ def train(cfg: Config, env: Optional[DistEnv] = None, listeners: Sequence[Any] =
     A failed evaluation still leaves model.pt and results.json, then raises EvaluationFailed.
     """
     cfg.validate()  # a Config built in Python, not by load_config, is checked before any process-group work
+    check_strategy(cfg)  # e.g. the DeepSpeed JSON, also before any process-group work
     env = env or init_distributed(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -177,6 +177,8 @@ def train(cfg: Config, env: Optional[DistEnv] = None, listeners: Sequence[Any] =
         enabled=cfg.output.save_state,
     )
     replacing = on_main(env, lambda: check_output_dir(cfg)) or []
+    if cfg.output.wandb:
+        on_main(env, require_wandb)
     prepare_data(cfg, env)
     seed_everything(cfg.train.seed, env.rank)
 
@@ -202,8 +204,15 @@ def train(cfg: Config, env: Optional[DistEnv] = None, listeners: Sequence[Any] =
             update=cfg.partial_fc.update,
             interclass_filtering_threshold=cfg.partial_fc.interclass_filtering_threshold,
         ).to(env.device)
+    load_pretrained(cfg, backbone, head, env, resumed=resumed_step is not None)  # before any wrapping
 
-    steps_per_epoch = len(loader)
+    accumulation = cfg.optim.gradient_accumulation  # loader batches per optimizer step (one trainer step)
+    steps_per_epoch = len(loader) // accumulation
+    if steps_per_epoch < 1:
+        raise ConfigError(
+            f"optim.gradient_accumulation={accumulation} exceeds the {len(loader)} batches of an epoch "
+            f"(data.batch_size={cfg.data.batch_size} x {env.world_size} ranks)"
+        )
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
     warmup_steps = int(cfg.optim.warmup_epochs * steps_per_epoch)
     # The backbone's optimizer belongs to its strategy, the head's to the head (both on the same schedule);
@@ -216,16 +225,18 @@ def train(cfg: Config, env: Optional[DistEnv] = None, listeners: Sequence[Any] =
             else build_optimizer(head_groups, cfg.optim)
         )
         schedule = lambda optimizer: build_scheduler(optimizer, cfg.optim, total_steps, warmup_steps)
-        strategy = STRATEGIES.build(
-            cfg.train.strategy,
+        if cfg.train.freeze == "backbone":  # a head-only warm start: no gradients, BatchNorm statistics kept
+            backbone.requires_grad_(False)
+        strategy = build_strategy(
+            cfg,
+            env,
             backbone=backbone,
-            env=env,
             optimizer=lambda groups: build_optimizer(groups, cfg.optim),
             scheduler=schedule,
             amp_dtype=amp_dtype_for(cfg.train.amp, env.device),
         )
-        head_part = Head(head, head_optimizer, schedule(head_optimizer))
-    global_batch = cfg.data.batch_size * env.world_size
+        head_part = Head(head, head_optimizer, schedule(head_optimizer), frozen=cfg.train.freeze == "head")
+    global_batch = cfg.data.batch_size * env.world_size * accumulation  # samples per optimizer step
 
     # Every check has passed: from here on the run writes into output.dir.
     on_main(env, lambda: start_outputs(cfg, replacing))
@@ -236,6 +247,10 @@ def train(cfg: Config, env: Optional[DistEnv] = None, listeners: Sequence[Any] =
         total_steps,
         enabled=env.is_main,
         purge_step=resumed_step + 1 if resumed_step is not None else None,
+        log_file=os.path.join(out_dir, LOG_FILE),  # a resumed run appends to it
+        append=resumed_step is not None,
+        grad_scale=grad_scale_of(strategy),
+        wandb=wandb_settings(cfg),
     )
     evaluate = (lambda model, step: hook(model, step, metrics.scalars)) if hook else None
     log.info(
@@ -257,12 +272,15 @@ def train(cfg: Config, env: Optional[DistEnv] = None, listeners: Sequence[Any] =
         exact_backbone_grad=cfg.train.exact_backbone_grad,
         channels_last=cfg.train.channels_last,
         max_nonfinite_steps=cfg.train.max_nonfinite_steps,
+        gradient_accumulation=accumulation,
     )
+    # model.pt during training too (output.model_every), so that fr-eval can evaluate the run before it ends
+    listeners = [ModelSnapshots(os.path.join(out_dir, "model.pt"), cfg.output.model_every), *listeners]
     trainer = Trainer(
         strategy, head_part, loader, checkpoints, options, metrics=metrics, evaluate=evaluate, listeners=listeners
     )
     if resumed_step is None and evaluate and cfg.eval.at_start:
-        trainer.eval_results[0] = evaluate(backbone, 0)
+        trainer.eval_results[0] = evaluate(trainer.evaluation_model(), 0)
     start = time.perf_counter()
     try:
         with StopSignals() as stop:  # SIGTERM/SIGUSR1: finish the step, checkpoint, raise TrainingInterrupted

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -27,7 +28,8 @@ EvalFn = Callable[[nn.Module, int], Dict[str, Dict[str, float]]]
 class TrainOptions:
     """The loop's settings. `exact_backbone_grad` multiplies the embedding gradient by the world size so that,
     after DDP's averaging, the backbone receives the gradient of the global-batch mean loss (docs/training.md).
-    `max_nonfinite_steps` consecutive skipped steps stop the run."""
+    `max_nonfinite_steps` consecutive skipped steps stop the run. `gradient_accumulation` loader batches make one
+    optimizer step (one trainer step: `total_steps`, `log_every` and `eval_every` count optimizer steps)."""
 
     total_steps: int
     log_every: int = 50
@@ -36,11 +38,15 @@ class TrainOptions:
     exact_backbone_grad: bool = False
     channels_last: bool = False
     max_nonfinite_steps: int = 20
+    gradient_accumulation: int = 1
+
+
+Batch = Union[torch.Tensor, Sequence[torch.Tensor]]  # one loader batch, or the micro-batches of one step
 
 
 @dataclass
 class TrainState:
-    step: int = 0  # batches consumed, skipped steps included
+    step: int = 0  # optimizer steps taken, skipped ones included
     epoch: int = 0
     last_loss: float = float("nan")  # of the last applied step
     skipped_steps: int = 0
@@ -90,27 +96,30 @@ class Trainer:
             checkpoints.track(strategy=strategy, head=head, loader=loader, trainer=self)
 
     # ------------------------------------------------------------------------------------------ one step
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> Optional[torch.Tensor]:
-        """One step; returns its loss (a detached device scalar), or None when it was skipped."""
+    def train_step(self, images: Batch, labels: Batch) -> Optional[torch.Tensor]:
+        """One optimizer step over one loader batch, or over lists of micro-batches (gradient accumulation: each
+        micro-batch's loss is divided by their count, so the summed gradients are those of their mean loss);
+        returns the mean loss (a detached device scalar), or None when the step was skipped."""
+        micro = list(zip(images, labels)) if isinstance(images, (list, tuple)) else [(images, labels)]
         strategy, head = self.strategy, self.head
-        strategy.model.train()
+        strategy.model.train(strategy.trainable)  # a frozen backbone keeps its BatchNorm statistics
         head.module.train()
         self._forward_state.take()
         strategy.zero_grad()
         head.zero_grad()
-        images = images.contiguous(memory_format=self.memory_format)
-        with strategy.autocast():
-            embeddings = strategy.model(images)
-        embeddings = embeddings.float()
-        if self.options.exact_backbone_grad and self.env.is_distributed:
-            embeddings.register_hook(lambda grad: grad * self.env.world_size)
-        with strategy.autocast():
-            loss = head.module(embeddings, labels)
-        strategy.backward(loss)
+        losses: List[torch.Tensor] = []
+        for index, (batch_images, batch_labels) in enumerate(micro):
+            # DDP reduces the gradients once, in the last micro-batch's backward.
+            last = index == len(micro) - 1
+            with nullcontext() if last else strategy.no_sync():
+                loss = self._forward(batch_images, batch_labels)
+                strategy.backward(loss / len(micro) if len(micro) > 1 else loss)
+            losses.append(loss.detach().float())
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
         strategy.unscale_(head.optimizer)
         values = torch.stack(
             [
-                loss.detach().float(),
+                loss,
                 strategy.clip_grad_norm(self.options.clip_grad_norm).float(),
                 head.grad_norm().float(),
             ]
@@ -121,10 +130,22 @@ class Trainer:
         elif strategy.step():
             head.step()
             self.state.nonfinite_streak = 0
-            self._last_loss = loss.detach()
+            self._last_loss = loss
             return self._last_loss
         self._skipped(values, nonfinite)
         return None
+
+    def _forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss of one (micro-)batch; the backbone's forward records no graph when it is frozen."""
+        strategy = self.strategy
+        images = images.contiguous(memory_format=self.memory_format)
+        with strategy.autocast(), torch.set_grad_enabled(strategy.trainable):
+            embeddings = strategy.model(images)
+        embeddings = embeddings.float()
+        if self.options.exact_backbone_grad and self.env.is_distributed and embeddings.requires_grad:
+            embeddings.register_hook(lambda grad: grad * self.env.world_size)
+        with strategy.autocast():
+            return self.head.module(embeddings, labels)
 
     def _agree(self, values: torch.Tensor) -> Tuple[bool, int]:
         """The step's one host read: whether any rank has a non-finite value, and the largest signal number any
@@ -186,11 +207,17 @@ class Trainer:
             if handler is not None:
                 handler(self, **kwargs)
 
+    def evaluation_model(self) -> nn.Module:
+        """What evaluation runs: the plain backbone, or the strategy's view of it (`eval_model()`: e.g. a fp32 copy
+        of a bf16 DeepSpeed engine's backbone)."""
+        eval_model = getattr(self.strategy, "eval_model", None)
+        return eval_model() if eval_model is not None else self.strategy.module
+
     def run_evaluation(self) -> None:
         if self.evaluate is None:
             return
         step = self.state.step
-        self.eval_results[step] = self.evaluate(self.strategy.module, step)
+        self.eval_results[step] = self.evaluate(self.evaluation_model(), step)
         self.notify("on_evaluation", step=step, results=self.eval_results[step])
 
     def _settle_loss(self) -> float:
@@ -241,7 +268,15 @@ class Trainer:
         start = time.perf_counter()
         while state.step < options.total_steps:
             self.loader.set_epoch(state.epoch)
-            for images, labels in self.loader:
+            micro: List[Tuple[torch.Tensor, torch.Tensor]] = []
+            for batch in self.loader:
+                micro.append(batch)
+                if len(micro) < options.gradient_accumulation:
+                    continue
+                # An epoch's last batches that do not fill a step are left out, as the loader drops its last
+                # partial batch; checkpoints are taken between steps, so a resume starts a whole group.
+                images, labels = micro[0] if len(micro) == 1 else tuple(map(list, zip(*micro)))
+                micro = []
                 loss = self.train_step(images, labels)
                 state.step += 1
                 self.metrics.update(loss)
