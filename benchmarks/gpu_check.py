@@ -5,7 +5,10 @@ OUT/gpu_report.json, OUT/gpu_check.log (every part's output) and OUT/cuda_tests.
     bash benchmarks/gpu_check.sh [--dry-run] [--out DIR] [--wheels DIR] [--budget SECONDS]
 
 --dry-run (or FR_GPU_CHECK_DRY_RUN=1): the same parts on the CPU with tiny sizes, nothing installed, the CUDA
-parts reported as skipped; the test suite runs it so that the script cannot rot between GPU sessions.
+parts reported as skipped; the test suite runs it so that the script cannot rot between GPU sessions. There each
+Python part is a child forked from this process after it imported torch and fr once (a fresh interpreter per part
+costs ~5 s of imports on a small CPU); every part still runs in its own process group under its own timeout.
+On the device every part is a fresh interpreter (nothing imported here may touch CUDA or the carried wheels).
 Every part reports a status: ok, skipped (with the reason), failed (with the reason) or timeout.
 """
 
@@ -15,6 +18,7 @@ import argparse
 import glob
 import json
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -51,20 +55,65 @@ class Check:
             return {"status": "skipped", "reason": "no time left in the budget"}
         self.log.write(f"\n===== {name}: {' '.join(argv)} (timeout {timeout_s:.0f} s)\n")
         start = time.monotonic()
-        proc = subprocess.Popen(
-            argv, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            rc = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            rc = None
+        if self.dry_run and argv[0] == sys.executable:
+            rc = self.run_forked(argv[1:], timeout_s)
+        else:
+            proc = subprocess.Popen(
+                argv, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            try:
+                rc = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                rc = None
         seconds = round(time.monotonic() - start, 1)
         self.log.write(f"===== {name}: exit {rc} after {seconds} s\n")
         if rc is None:
             return {"status": "timeout", "reason": f"killed after {timeout_s:.0f} s", "seconds": seconds}
         return {"status": "ok" if rc == 0 else "failed", "exit_code": rc, "seconds": seconds}
+
+    def run_forked(self, args: List[str], timeout_s: float) -> Optional[int]:
+        """`python ARGS` (a script path, or `-m module`) in a forked child with its own session, output to the log;
+        its exit status, or None when it was killed at the timeout."""
+        self.log.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the caller's code
+            code = 1
+            try:
+                os.setsid()
+                os.dup2(self.log.fileno(), 1)
+                os.dup2(self.log.fileno(), 2)
+                # fresh streams on the redirected descriptors (the caller's may be objects of its own, e.g. pytest's)
+                sys.stdout, sys.stderr = (
+                    open(1, "w", buffering=1, closefd=False),
+                    open(2, "w", buffering=1, closefd=False),
+                )
+                os.chdir(ROOT)
+                os.environ.clear()
+                os.environ.update(self.env)
+                code = run_python(args)
+            except BaseException:  # noqa: BLE001 - whatever the part raised is its failure, reported as exit 1
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        end = time.monotonic() + timeout_s
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            if time.monotonic() >= end:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:  # killed before its setsid: no group of its own yet
+                    os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return None
+            time.sleep(0.05)
 
     # ------------------------------------------------------------------------------------------------- parts
     def install(self) -> Dict[str, object]:
@@ -140,6 +189,35 @@ class Check:
         return {**result, "seconds": step.get("seconds")}
 
 
+def run_python(args: List[str]) -> int:
+    """What `python ARGS` would run, in this process: a script (its folder first on sys.path) or `-m module`."""
+    module = args[1] if args[0] == "-m" else None
+    sys.argv = [module or args[0], *args[2 if module else 1 :]]
+    sys.path[0] = ROOT if module else os.path.dirname(os.path.abspath(args[0]))
+    try:
+        if module:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(args[0], run_name="__main__")
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
+    return 0
+
+
+def preload() -> None:
+    """The dry run's imports, paid once before the parts are forked: torch, its compiler stack (the first
+    optimizer imports it), pytest and the fr modules the parts use. Nothing here starts a thread or touches CUDA."""
+    sys.path.insert(0, ROOT)
+    import pytest  # noqa: F401
+    import torch._dynamo  # noqa: F401
+
+    import fr.heads  # noqa: F401
+    import fr.train.run  # noqa: F401
+
+
 def junit_summary(path: str) -> Dict[str, object]:
     """Counts, and per test its outcome, message and recorded properties, from pytest's JUnit XML."""
     tests: Dict[str, Dict[str, object]] = {}
@@ -192,6 +270,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = args.out or tempfile.mkdtemp(prefix="fr_gpu_check_")
     os.makedirs(out, exist_ok=True)
     started = time.monotonic()
+    if args.dry_run:
+        preload()
     check = Check(out, args.dry_run, args.budget, os.path.join(ROOT, args.wheels))
     parts: Dict[str, Dict[str, object]] = {}
     report: Dict[str, object] = {"dry_run": args.dry_run, "budget_s": args.budget, "parts": parts}

@@ -41,7 +41,7 @@ from fr.heads.margins import LOSSES
 from fr.models import build_backbone
 from fr.train.head import Head
 from fr.train.optim import build_optimizer, build_scheduler
-from fr.train.strategy import STRATEGIES
+from fr.train.strategies import STRATEGIES
 from fr.train.trainer import Trainer, TrainOptions
 from tests.helpers.distributed import free_port
 from tests.test_heads_losses import EMB_SCALE, LOSS_CASES, dense_reference
@@ -79,6 +79,16 @@ def _strict_fp32():
     old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     return old
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: these problems are tiny, and on a busy CPU (the test suite's parallel jobs) OpenMP's
+    spinning threads make a CPU step tens of times slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture()
@@ -331,7 +341,9 @@ def test_a_resumed_run_continues_the_uninterrupted_one(device, tiny_run, tmp_pat
                 "train.device": device,
                 # fp16 + GradScaler on CUDA (the scaler's state is checkpointed); the CPU twin in fp32 (fast)
                 "train.amp": "on" if device == "cuda" else "off",
-                "train.max_steps": 6,
+                # the CPU twin: 4 steps of 4 images (checkpoints at 2 and 4, a crash before step 4, resumed at 2)
+                "train.max_steps": 6 if device == "cuda" else 4,
+                "data.batch_size": 16 if device == "cuda" else 4,
                 "train.log_every": 1,
                 "eval.every": 0,
                 "eval.at_start": "false",
@@ -349,7 +361,7 @@ def test_a_resumed_run_continues_the_uninterrupted_one(device, tiny_run, tmp_pat
         with pytest.raises(_Crash):
             train(config(crashed))
         monkeypatch.undo()
-        assert train(config(crashed, **{"train.resume": "auto"}))["steps"] == 6
+        assert train(config(crashed, **{"train.resume": "auto"}))["steps"] == (6 if device == "cuda" else 4)
         difference = _max_difference(str(straight), str(crashed))
         record_property("resume_max_abs_diff", f"{difference:.3e}")
         if difference == 0.0:
@@ -435,8 +447,12 @@ def _global_first_loss(results) -> float:
 )
 def test_two_process_training_agrees_with_one_process_reference(backend, record_property):
     world_size = 2
+    # gloo ranks are forked (no fresh interpreter importing torch and fr: seconds on a small CPU); NCCL ranks are
+    # spawned, as CUDA cannot be used in a child forked after the parent initialised it.
+    start_method = "fork" if backend == "gloo" else "spawn"
     with tempfile.TemporaryDirectory(prefix="fr_two_rank_") as out_dir:
-        mp.spawn(_two_rank_worker, args=(world_size, free_port(), backend, out_dir), nprocs=world_size, join=True)
+        args = (world_size, free_port(), backend, out_dir)
+        mp.start_processes(_two_rank_worker, args=args, nprocs=world_size, join=True, start_method=start_method)
         results = [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(world_size)]
     assert results[0]["losses"] == results[1]["losses"]  # the loss is the global batch's, on every rank
     for key, value in results[0]["final"].items():  # DDP keeps the backbones identical

@@ -20,7 +20,10 @@ def part_args(description: str) -> argparse.Namespace:
     parser.add_argument("--out-json", required=True, help="where this part writes its result")
     parser.add_argument("--work", required=True, help="a scratch directory (data sets, runs)")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: proves the code, measures nothing")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.dry_run:  # tiny ops gain nothing from more threads, and on a busy CPU OpenMP's spinning makes them slow
+        torch.set_num_threads(1)
+    return args
 
 
 def device_for(dry_run: bool) -> torch.device:

@@ -33,7 +33,7 @@ def overrides(data: str, out: str, dry_run: bool) -> list:
     if dry_run:
         values.update({
             "data.synth.identities": 8, "data.synth.per_identity": 4, "data.synth.holdout_identities": 2,
-            "data.synth.pairs": 20, "data.synth.workers": 1, "data.batch_size": 8, "data.num_workers": 0,
+            "data.synth.pairs": 20, "data.synth.workers": 1, "data.batch_size": 4, "data.num_workers": 0,
             "model.kwargs": '{"width": 16, "stem_stride": 2}', "model.embedding_size": 64, "train.device": "cpu",
             "train.max_steps": 2, "train.log_every": 1, "eval.bins": "[]",
         })  # fmt: skip
