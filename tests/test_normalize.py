@@ -98,6 +98,7 @@ def test_the_dali_cpu_loader_gives_the_evaluation_input(one_jpeg, converter, mon
     assert all(torch.equal(image, expected) for image in images)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_normalize_on_a_gpu_gives_the_cpu_bits():
     """CUDA divides by a scalar through its reciprocal; the lookup keeps every device on the IEEE values."""
