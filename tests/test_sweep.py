@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 
 import pytest
 import torch
@@ -53,6 +54,9 @@ class KillWorkerOnce:
 
     def on_step_end(self, trainer, step):
         if step == self.step and trainer.env.rank == 1 and _once(self.marker, trainer.checkpoints.directory):
+            # Ray Train's controller collects the workers' reports when it polls them (every health-check
+            # interval); give it time to register the last checkpoint, or a busy machine restarts from step 0.
+            time.sleep(5)
             shutil.rmtree(trainer.checkpoints.directory, ignore_errors=True)
             os.kill(os.getpid(), signal.SIGKILL)
 
