@@ -19,6 +19,9 @@ class ArcfaceConfigError(UserInputError):
     re-raises it as fr.config.ArcfaceConfigError). fr.config imports this package, so it cannot import fr.config."""
 
 
+# The value arcface_torch's base.py ships for wandb_key, meaning "no key set": a config still holding it set none.
+UNSET_WANDB_KEY = "X" * 40
+
 # arcface_torch's configs/base.py (the version with its W&B keys): the defaults when no base.py is beside a config.
 UPSTREAM_BASE: Dict[str, Any] = {
     "margin_list": (1.0, 0.5, 0.0),
@@ -42,7 +45,7 @@ UPSTREAM_BASE: Dict[str, Any] = {
     "gradient_acc": 1,
     "seed": 2048,
     "num_workers": 2,
-    "wandb_key": "XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",
+    "wandb_key": UNSET_WANDB_KEY,
     "suffix_run_name": None,
     "using_wandb": False,
     "wandb_entity": "entity",
