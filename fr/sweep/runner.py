@@ -29,7 +29,7 @@ class SweepOutcome:
     rows: List[results.TrialRow]
     document: Dict[str, Any]
     table: str
-    interrupted: bool  # some trial neither finished nor failed: `--resume` continues the sweep
+    interrupted: bool  # a trial unfinished or never started: `--resume` continues the sweep
 
 
 def absolute_paths(cfg: Config) -> Config:
@@ -109,9 +109,10 @@ def run_sweep(
     resume: bool = False,
     listeners: Sequence[Any] = (),
     echo: Callable[[str], None] = print,
+    callbacks: Sequence[Any] = (),
 ) -> SweepOutcome:
     """Run (or with `resume`, finish) the sweep; write its results into `spec.output`. `listeners`
-    (picklable) are added to every trial's trainer."""
+    (picklable) are added to every trial's trainer; `callbacks` (ray.tune.Callback) run in this process."""
     output = os.path.abspath(spec.output)
     tune_dir = os.path.join(output, TUNE_DIR)
     from ray import tune
@@ -151,6 +152,7 @@ def run_sweep(
                     name=TUNE_DIR,
                     storage_path=output,
                     failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                    callbacks=list(callbacks),
                     verbose=1,
                 ),
             )
@@ -191,7 +193,9 @@ def collect(spec: SweepSpec, output: str, tune_dir: str) -> SweepOutcome:
         )
     rows.sort(key=lambda row: row.trial)
     document = results.write_sweep_results(rows, spec.metric, spec.mode, output)
-    interrupted = any(row.status not in ("completed", "stopped early", "error") for row in rows)
+    # An interrupted sweep may not have created its later trials yet (the searcher makes them on demand).
+    unfinished = any(row.status not in ("completed", "stopped early", "error") for row in rows)
+    interrupted = unfinished or len(rows) < spec.total_trials
     return SweepOutcome(rows, document, results.table(rows, spec.metric), interrupted)
 
 

@@ -63,6 +63,15 @@ class SweepSpec:
     resources: Resources = field(default_factory=Resources)
     max_failures: int = 2  # restarts of a trial's workers after a failure, each from its last checkpoint
 
+    @property
+    def total_trials(self) -> int:
+        """How many trials the sweep runs: grid dimensions are crossed, the whole repeated num_samples times."""
+        count = self.num_samples
+        for dim in self.dims:
+            if dim.kind == "grid":
+                count *= len(dim.args)
+        return count
+
 
 def _read_yaml(path: str) -> Dict[str, Any]:
     import yaml
