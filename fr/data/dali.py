@@ -259,6 +259,13 @@ class DaliLoader(EpochPosition):
             "dali_checkpoint": self.pipe.checkpoint() if in_step else None,
         }
 
+    def close(self) -> None:
+        """Release the pipeline (its threads) and the record file; the loader cannot be iterated afterwards."""
+        self.pipe = None
+        if self.feed is not None:
+            self.feed.close()
+            self.feed = None
+
     def load_state_dict(self, state: Dict[str, object]) -> None:
         """Continue at the saved position (`EpochPosition.restore_position`), from the saved pipeline checkpoint
         when it was taken with this world size and global batch (with the same per-rank pipeline, then)."""

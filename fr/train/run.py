@@ -288,6 +288,7 @@ def train(cfg: Config, env: Optional[DistEnv] = None, listeners: Sequence[Any] =
             trainer.fit()
     finally:
         metrics.close()  # flush TensorBoard even when the run fails
+        loader.close()  # its worker processes end with the training, not whenever the loader is collected
     train_seconds = time.perf_counter() - start
 
     results: Dict[str, Any] = {}
