@@ -278,7 +278,7 @@ def test_max_nonfinite_steps_stop_the_run_with_the_last_good_checkpoint_loadable
 
 
 KILL_RUN = {
-    "train.max_steps": 36,
+    "train.max_steps": 24,
     "output.checkpoint_every": 3,
     "output.keep_checkpoints": 2,
     "train.threads": 1,
@@ -289,6 +289,9 @@ KILL_RUN = {
     "partial_fc.sample_rate": 0.5,
     "optim.warmup_epochs": 0.5,
 }
+
+
+TORCHRUN_RUN = {"data.batch_size": 8}  # 2 ranks x 8: the global batch of the one-process run
 
 
 def child_env():
@@ -323,7 +326,10 @@ def children(pid):
 def assert_same_run(a_dir, b_dir, world_size):
     for rank in range(world_size):
         a, b = [
-            torch.load(os.path.join(d, "checkpoints", "step_00000036", rank_file(rank)), weights_only=True)
+            torch.load(
+                os.path.join(d, "checkpoints", f"step_{KILL_RUN['train.max_steps']:08d}", rank_file(rank)),
+                weights_only=True,
+            )
             for d in (a_dir, b_dir)
         ]
         for part in ("strategy", "head", "loader"):
@@ -335,22 +341,26 @@ def assert_same_run(a_dir, b_dir, world_size):
 def kill_point():
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
-    return seed, rng.randrange(3, 28), rng.uniform(0.0, 0.2)  # after the checkpoint of this step, this long
+    return (
+        seed,
+        rng.randrange(3, KILL_RUN["train.max_steps"] - 4),
+        rng.uniform(0.0, 0.2),
+    )  # after the checkpoint of this step, this long
+
+
+def _straight(rank, world_size, tiny_run, out_dir, settings):
+    train(tiny_run.config(out_dir, **settings), env_from_group())
 
 
 @pytest.fixture(scope="module")
-def straight_runs(tiny_run, tmp_path_factory):
-    """Unbroken reference runs, launched as the killed ones are: {1: fr-train, 2: torchrun over 2 ranks}."""
+def straight_runs(tiny_run, tmp_path_factory, run_distributed):
+    """Unbroken reference runs with the killed runs' settings: {1: one process, 2: two gloo ranks}. Forked
+    from the tests' fork server, not launched through fr-train and torchrun as the killed runs are (a launch
+    costs seconds of imports): the launcher does not enter the weights, so the runs must agree bit for bit."""
     base = tmp_path_factory.mktemp("straight")
     one, two = str(base / "one"), str(base / "two")
-    subprocess.run(
-        [sys.executable, "-m", "fr.cli.train"] + tiny_run.argv(one, **KILL_RUN),
-        env=child_env(),
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    subprocess.run(torchrun(tiny_run, two, restarts=0), env=child_env(), check=True, capture_output=True, timeout=600)
+    run_distributed(_straight, 1, tiny_run, one, KILL_RUN, timeout_s=300)
+    run_distributed(_straight, 2, tiny_run, two, {**KILL_RUN, **TORCHRUN_RUN}, timeout_s=300)
     return {1: one, 2: two}
 
 
@@ -364,7 +374,7 @@ def torchrun(tiny_run, out_dir, restarts):
         f"--max-restarts={restarts}",
         "-m",
         "fr.cli.train",
-    ] + tiny_run.argv(out_dir, **{**KILL_RUN, "data.batch_size": 8, "train.resume": "auto"})
+    ] + tiny_run.argv(out_dir, **{**KILL_RUN, **TORCHRUN_RUN, "train.resume": "auto"})
 
 
 def test_sigkill_at_a_random_step_then_resume_auto_ends_bitwise_equal(tiny_run, straight_runs, tmp_path):
