@@ -135,3 +135,21 @@ def test_space_kinds_become_the_tune_domains(tmp_path):
     assert all(0.5 <= v <= 0.9 for v in draws["optim.momentum"])
     assert set(draws["loss.name"]) == {"arcface", "cosface"}
     assert domains["partial_fc.sample_rate"] == tune.grid_search([0.5, 1.0])
+
+
+@pytest.mark.parametrize(
+    "space, samples",
+    [
+        ("\n  optim.lr: {loguniform: [0.01, 0.3]}", 3),
+        ("\n  optim.lr: {grid: [0.01, 0.1, 0.3]}\n  loss.name: {grid: [arcface, cosface]}", 2),
+        ("\n  optim.lr: {grid: [0.01, 0.1]}\n  loss.name: {choice: [arcface, cosface]}", 4),
+    ],
+)
+def test_total_trials_is_what_tunes_grid_resolution_makes(tmp_path, space, samples):
+    from ray.tune.search.variant_generator import generate_variants
+
+    from fr.sweep.space import tune_space
+
+    spec = load_sweep(write_sweep(tmp_path, space=space, num_samples=str(samples), scheduler="{name: fifo}"))
+    # Tune resolves the grid into variants, each run num_samples times (BasicVariantGenerator).
+    assert spec.total_trials == len(list(generate_variants(tune_space(spec.dims)))) * samples
