@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from fr.sweep.spec import load_sweep
+from fr.sweep.trial import TRAIN_STORAGE
 from tests.helpers import ROOT
 
 RAY_ENV = {
@@ -63,11 +64,11 @@ class KillWorkerOnce:
 
 def wait_for_registered_checkpoint(checkpoints: str, step: int, timeout: float = 120.0) -> None:
     """Ray Train's controller registers a reported checkpoint when it next polls the workers, and then writes
-    its snapshot into the trial's storage (<output>/ray_train/<trial>); wait for the one of `step`."""
+    its snapshot (Ray's file name) into the trial's storage (<output>/ray_train/<trial>); wait for `step`'s."""
     trial_dir = os.path.dirname(checkpoints)
     snapshot = os.path.join(
         os.path.dirname(os.path.dirname(trial_dir)),
-        "ray_train",
+        TRAIN_STORAGE,
         os.path.basename(trial_dir),
         "checkpoint_manager_snapshot.json",
     )

@@ -117,10 +117,9 @@ class DeviceLoader(EpochPosition):
         """Stop the persistent worker processes now. Left to the garbage collector, a loader caught in a
         reference cycle loses its index queues' feeder threads before the iterator's own finaliser runs, so
         the workers never hear the stop and each is killed only after DataLoader's 5 s join timeout."""
-        iterator = getattr(self.loader, "_iterator", None)
-        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-            iterator._shutdown_workers()
-        self.loader._iterator = None
+        if self.loader._iterator is not None:  # kept by DataLoader only for persistent workers
+            self.loader._iterator._shutdown_workers()
+            self.loader._iterator = None
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         self.restore_position(state)
