@@ -15,23 +15,11 @@ from fr.config import Config, save_config
 from fr.distributed import DistEnv
 from fr.models import build_backbone
 from fr.train.checkpoint import CheckpointManager, run_settings
+from tests.helpers.checkpoint import Saved
 
 KWARGS = {"width": 8, "stem_stride": 2}
 EMBEDDING = 16
 STEP = 3
-
-
-class Saved:
-    """A tracked part whose state is fixed (the checkpoint manager saves whatever state_dict returns)."""
-
-    def __init__(self, state):
-        self.state = state
-
-    def state_dict(self):
-        return self.state
-
-    def load_state_dict(self, state):
-        self.state = state
 
 
 @pytest.fixture(scope="module")

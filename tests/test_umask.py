@@ -20,6 +20,7 @@ from fr.train.checkpoint import CheckpointManager, run_settings
 from fr.train.logging import attach_log_file, detach_log_file
 from fr.train.model_file import atomic_save
 from fr.train.run import train
+from tests.helpers.checkpoint import Saved
 from tests.helpers.records import write_record_set
 from tests.helpers.tiny_run import RECIPE, tiny_overrides
 
@@ -51,17 +52,6 @@ def expected(root, mask):
     return {
         rel: (0o777 if rel == "." or os.path.isdir(os.path.join(root, rel)) else 0o666) & ~mask for rel in modes(root)
     }
-
-
-class Saved:
-    def __init__(self, state):
-        self.state = state
-
-    def state_dict(self):
-        return self.state
-
-    def load_state_dict(self, state):
-        self.state = state
 
 
 @pytest.mark.parametrize("umask", UMASKS, indirect=True)

@@ -6,6 +6,19 @@ from fr.config import Config, save_config
 from fr.models import build_backbone
 
 
+class Saved:
+    """A part for CheckpointManager.track whose state is fixed (the manager saves whatever state_dict returns)."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def state_dict(self):
+        return self.state
+
+    def load_state_dict(self, state):
+        self.state = state
+
+
 def write_tiny_checkpoint(run_dir, embedding_size, data_root=None):
     """Write config.json and model.pt (weights seeded with 0) to the existing `run_dir`; returns the model in eval
     mode. `data_root` becomes the config's data.root (what fr-eval --data-dir targets resolve against)."""
